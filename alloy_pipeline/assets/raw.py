@@ -1,0 +1,201 @@
+"""Raw-extract assets: one per AQS file, one partition per London day.
+
+A partition lands the export's CSVs as received, converts each to parquet with the `import_*`
+columns, and commits by writing its manifest last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pydantic import Field
+from pyspark.sql import SparkSession
+
+from alloy_pipeline.alloy.client import AlloyApi, Export
+from alloy_pipeline.aqs import AqsQuery
+from alloy_pipeline.columns import clean_headers, read_header
+from alloy_pipeline.frames import conform_csv
+from alloy_pipeline.lake import Day, Lake, RawManifest, TableOutput
+from alloy_pipeline.naming import raw_key, table_slug
+
+ALLOY_POOL = "alloy_api"
+"""Dagster concurrency pool that bounds how many exports run against Alloy at once."""
+
+
+class RawExtractConfig(dg.Config):
+    full_refresh: bool = Field(
+        default=False,
+        description="Export every item instead of only those edited since the previous extract.",
+    )
+    overlap_minutes: int = Field(
+        default=60,
+        ge=0,
+        description="Safety overlap subtracted from the previous extract's request time.",
+    )
+
+
+def watermark_for(manifests: list[RawManifest], day: Day, overlap: dt.timedelta) -> dt.datetime | None:
+    """The previous raw partition's request time minus `overlap`; None means a full extract."""
+    earlier = [manifest for manifest in manifests if manifest.day < day.date]
+    if not earlier:
+        return None
+    return max(earlier, key=lambda manifest: manifest.day).requested_at - overlap
+
+
+def import_stamp(day: Day, requested_at: dt.datetime) -> dict[str, str | dt.datetime]:
+    """The `import_*` columns: the partition's day, and when the export was requested (UTC)."""
+    moment = requested_at.astimezone(dt.timezone.utc)
+    return {
+        **day.fields("import"),
+        "import_datetime": moment.strftime("%Y-%m-%d %H:%M:%S"),
+        "import_timestamp": moment.replace(tzinfo=None),
+    }
+
+
+def _tables_by_slug(query: AqsQuery, export: Export) -> dict[str, Path]:
+    tables: dict[str, Path] = {}
+    for csv_file in export.csv_files:
+        slug = table_slug(csv_file.name)
+        if slug in tables:
+            raise ValueError(
+                f"query {query.slug}: export {export.task_id} holds {tables[slug].name} and "
+                f"{csv_file.name}, which both give the table name '{slug}'"
+            )
+        tables[slug] = csv_file
+    return tables
+
+
+def convert_tables(
+    spark: SparkSession,
+    lake: Lake,
+    *,
+    query: str,
+    day: Day,
+    tables: dict[str, Path],
+    stamp: dict[str, str | dt.datetime],
+    staging: str,
+) -> dict[str, TableOutput]:
+    """Land each CSV under `staging` as received, then write its parquet there; return what was staged."""
+    zone = lake.raw
+    outputs: dict[str, TableOutput] = {}
+    for table, csv_file in tables.items():
+        landed = f"{staging}/csv/{csv_file.name}"
+        zone.upload(csv_file, landed)
+        try:
+            columns = clean_headers(read_header(csv_file))
+            frame = spark.read.csv(
+                zone.uri_of(landed),
+                header=True,
+                multiLine=True,
+                quote='"',
+                escape='"',
+                encoding="UTF-8",
+                inferSchema=False,
+                mode="FAILFAST",
+            )
+            parquet = f"{staging}/parquet/{table}"
+            conform_csv(frame, columns, stamp).write.mode("overwrite").parquet(zone.uri_of(parquet))
+            rows = spark.read.parquet(zone.uri_of(parquet)).count()
+        except Exception as error:
+            raise RuntimeError(f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}") from error
+        outputs[table] = TableOutput(
+            path=zone.uri_of(lake.raw_table_dir(query, table, day)),
+            rows=rows,
+            columns=tuple(columns) + tuple(stamp),
+            source_file=csv_file.name,
+        )
+    return outputs
+
+
+def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The raw-extract asset of one AQS query."""
+    main_table = table_slug(query.request.file_name)
+
+    @dg.asset(
+        key=raw_key(query.slug),
+        partitions_def=partitions,
+        group_name="alloy_raw",
+        kinds={"spark", "parquet"},
+        pool=ALLOY_POOL,
+        description=f"Alloy export of `{query.path.name}` landed as CSV and parquet, one partition per day.",
+        metadata={"aqs_file": dg.MetadataValue.path(str(query.path)), "main_table": main_table},
+    )
+    def raw_extract(
+        context: dg.AssetExecutionContext,
+        config: RawExtractConfig,
+        alloy: AlloyApi,
+        lake: Lake,
+        pyspark: PySparkResource,
+    ) -> dg.MaterializeResult:
+        day = Day.from_key(context.partition_key)
+        watermark = (
+            None
+            if config.full_refresh
+            else watermark_for(lake.raw_manifests(query.slug), day, dt.timedelta(minutes=config.overlap_minutes))
+        )
+        request = query.request if watermark is None else query.request.since(watermark)
+        context.log.info(
+            f"{query.slug} {day.key}: "
+            + ("full extract" if watermark is None else f"edits since {watermark.isoformat()}")
+        )
+        staging = lake.staging_dir(context.run_id, query.slug)
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"alloy-{query.slug}-") as workdir:
+                export = alloy.export(request, Path(workdir), context.log)
+                started = time.monotonic()
+                tables = _tables_by_slug(query, export)
+                if main_table not in tables:
+                    raise RuntimeError(
+                        f"query {query.slug}: export {export.task_id} has no {query.request.file_name}"
+                    )
+                outputs = convert_tables(
+                    pyspark.spark_session,
+                    lake,
+                    query=query.slug,
+                    day=day,
+                    tables=tables,
+                    stamp=import_stamp(day, export.requested_at),
+                    staging=staging,
+                )
+            manifest = RawManifest(
+                query=query.slug,
+                day=day.date,
+                kind="full" if watermark is None else "incremental",
+                watermark=watermark,
+                requested_at=export.requested_at,
+                task_id=export.task_id,
+                run_id=context.run_id,
+                main_table=main_table,
+                tables=outputs,
+            )
+            moves = {f"{staging}/csv": lake.landing_dir(query.slug, day)} | {
+                f"{staging}/parquet/{table}": lake.raw_table_dir(query.slug, table, day) for table in outputs
+            }
+            lake.commit_raw(manifest, moves)
+        finally:
+            lake.raw.delete(staging)
+        convert_seconds = time.monotonic() - started
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": outputs[main_table].rows,
+                "extract_kind": manifest.kind,
+                "watermark": watermark.isoformat() if watermark else "none (full extract)",
+                "task_id": export.task_id,
+                "requested_at": export.requested_at.isoformat(),
+                "rows": dg.MetadataValue.json({table: output.rows for table, output in outputs.items()}),
+                "columns": dg.MetadataValue.json({table: list(output.columns) for table, output in outputs.items()}),
+                "paths": dg.MetadataValue.json({table: output.path for table, output in outputs.items()}),
+                "landed_csv": dg.MetadataValue.path(lake.raw.uri_of(lake.landing_dir(query.slug, day))),
+                "archive_bytes": export.archive_bytes,
+                "wait_seconds": round(export.wait_seconds, 2),
+                "download_seconds": round(export.download_seconds, 2),
+                "convert_seconds": round(convert_seconds, 2),
+            }
+        )
+
+    return raw_extract

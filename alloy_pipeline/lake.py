@@ -1,0 +1,227 @@
+"""The lake: zone paths, Hive-style partitions, manifests and the atomic commit of a partition.
+
+A partition is visible to the pipeline only once its manifest exists, and the manifest is written
+last. Data is written under a staging folder first and moved into place at commit, so a run that
+fails at any step leaves the previous version of the day (and every other day) as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pyarrow.fs as pafs
+from pydantic import BaseModel, ConfigDict, Field
+
+ALLOY_PREFIX = "env-services/alloy"
+RAW_DOWNLOADS = f"{ALLOY_PREFIX}/alloy_api_downloads"
+RAW_PARQUET = f"{ALLOY_PREFIX}/parquet_files"
+RAW_MANIFESTS = f"{ALLOY_PREFIX}/manifests/raw"
+STAGING = f"{ALLOY_PREFIX}/_staging"
+
+
+@dataclass(frozen=True)
+class Day:
+    """A daily partition and the Hive-style path segments the lake layout uses for it."""
+
+    date: dt.date
+
+    @classmethod
+    def from_key(cls, partition_key: str) -> Day:
+        try:
+            return cls(dt.date.fromisoformat(partition_key))
+        except ValueError as error:
+            raise ValueError(f"partition key {partition_key!r} is not a YYYY-MM-DD day") from error
+
+    @property
+    def key(self) -> str:
+        return self.date.isoformat()
+
+    @property
+    def compact(self) -> str:
+        return self.date.strftime("%Y%m%d")
+
+    def fields(self, prefix: str) -> dict[str, str]:
+        """`{prefix}_year`, `_month`, `_day`, `_date` as the strings stored in the lake."""
+        return {
+            f"{prefix}_year": f"{self.date.year:04d}",
+            f"{prefix}_month": f"{self.date.month:02d}",
+            f"{prefix}_day": f"{self.date.day:02d}",
+            f"{prefix}_date": self.compact,
+        }
+
+    def segments(self, prefix: str) -> str:
+        return "/".join(f"{name}={value}" for name, value in self.fields(prefix).items())
+
+
+@dataclass(frozen=True)
+class Zone:
+    """One zone of the lake, addressed both by Spark (`uri`) and by Python (`fs` + `root`)."""
+
+    uri: str
+    fs: pafs.FileSystem
+    root: str
+
+    @classmethod
+    def parse(cls, location: str) -> Zone:
+        """Accept a local path, `file://…`, `s3://…` or `s3a://…` (Spark's S3 scheme)."""
+        location = location.rstrip("/")
+        if location.startswith(("s3a://", "s3://")):
+            bucket_path = location.split("://", 1)[1]
+            filesystem, root = pafs.FileSystem.from_uri(f"s3://{bucket_path}")
+            return cls(uri=f"s3a://{bucket_path}", fs=filesystem, root=root)
+        if location.startswith("file://"):
+            location = location[len("file://") :]
+        absolute = Path(location).expanduser().resolve()
+        return cls(uri=absolute.as_uri(), fs=pafs.LocalFileSystem(), root=str(absolute))
+
+    def uri_of(self, relative: str) -> str:
+        return f"{self.uri}/{relative}"
+
+    def path_of(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path_of(relative)).type != pafs.FileType.NotFound
+
+    def read_text(self, relative: str) -> str:
+        with self.fs.open_input_stream(self.path_of(relative)) as stream:
+            return stream.read().decode("utf-8")
+
+    def write_text(self, relative: str, text: str) -> None:
+        """Write via a temporary name and a move, so readers never see half a file."""
+        path = self.path_of(relative)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        temporary = f"{path}.tmp"
+        with self.fs.open_output_stream(temporary) as stream:
+            stream.write(text.encode("utf-8"))
+        self.fs.move(temporary, path)
+
+    def delete(self, relative: str) -> None:
+        info = self.fs.get_file_info(self.path_of(relative))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(info.path)
+
+    def upload(self, local_file: Path, relative: str) -> None:
+        pafs.copy_files(
+            str(local_file),
+            self.path_of(relative),
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=self.fs,
+        )
+
+    def move_dir(self, source: str, target: str) -> None:
+        """Replace `target` with `source` (a rename locally; copy and delete on object stores)."""
+        self.delete(target)
+        target_path = self.path_of(target)
+        self.fs.create_dir(target_path.rsplit("/", 1)[0], recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.move(self.path_of(source), target_path)
+        else:
+            pafs.copy_files(self.path_of(source), target_path, source_filesystem=self.fs, destination_filesystem=self.fs)
+            self.delete(source)
+
+    def list_names(self, relative: str) -> list[str]:
+        selector = pafs.FileSelector(self.path_of(relative), allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector))
+
+
+class TableOutput(BaseModel):
+    """One table of a partition: where its parquet is and what it holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    rows: int
+    columns: tuple[str, ...]
+    source_file: str | None = None
+
+
+class RawManifest(BaseModel):
+    """The record that makes raw partition `day` visible: written last, read by every later step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str
+    day: dt.date
+    kind: Literal["full", "incremental"]
+    watermark: dt.datetime | None
+    requested_at: dt.datetime
+    task_id: str
+    run_id: str
+    main_table: str
+    tables: dict[str, TableOutput]
+
+
+class Lake(dg.ConfigurableResource):
+    """The raw and refined zones, laid out as in DESIGN.md, with manifest-based visibility."""
+
+    raw_zone: str = Field(
+        default="data/raw-zone", description="Root of the raw zone: a path, file://… or s3a://bucket/prefix."
+    )
+    refined_zone: str = Field(
+        default="data/refined-zone", description="Root of the refined zone: a path, file://… or s3a://…"
+    )
+
+    @property
+    def raw(self) -> Zone:
+        return Zone.parse(self.raw_zone)
+
+    @property
+    def refined(self) -> Zone:
+        return Zone.parse(self.refined_zone)
+
+    @staticmethod
+    def landing_dir(query: str, day: Day) -> str:
+        return f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
+
+    @staticmethod
+    def raw_table_dir(query: str, table: str, day: Day) -> str:
+        return f"{RAW_PARQUET}/{query}/{table}/{day.segments('import')}"
+
+    @staticmethod
+    def staging_dir(run_id: str, query: str) -> str:
+        return f"{STAGING}/{run_id}/{query}"
+
+    @staticmethod
+    def _raw_manifest_path(query: str, day: Day) -> str:
+        return f"{RAW_MANIFESTS}/{query}/{day.compact}.json"
+
+    def raw_manifests(self, query: str) -> list[RawManifest]:
+        """Every committed raw partition of `query`, oldest first."""
+        zone = self.raw
+        folder = f"{RAW_MANIFESTS}/{query}"
+        return [
+            RawManifest.model_validate_json(zone.read_text(f"{folder}/{name}"))
+            for name in zone.list_names(folder)
+            if name.endswith(".json")
+        ]
+
+    def raw_manifest(self, query: str, day: Day) -> RawManifest | None:
+        path = self._raw_manifest_path(query, day)
+        zone = self.raw
+        return RawManifest.model_validate_json(zone.read_text(path)) if zone.exists(path) else None
+
+    def commit_raw(self, manifest: RawManifest, moves: dict[str, str]) -> None:
+        """Make raw partition `manifest.day` visible: hide the old one, move staged data, write manifest.
+
+        `moves` maps staged folders to their final places. Tables the previous version had and
+        this one lacks are removed so the folder matches the manifest.
+        """
+        zone = self.raw
+        day = Day(manifest.day)
+        manifest_path = self._raw_manifest_path(manifest.query, day)
+        previous = self.raw_manifest(manifest.query, day)
+        zone.delete(manifest_path)
+        if previous is not None:
+            for table in previous.tables.keys() - manifest.tables.keys():
+                zone.delete(self.raw_table_dir(manifest.query, table, day))
+        for source, target in moves.items():
+            zone.move_dir(source, target)
+        zone.write_text(manifest_path, manifest.model_dump_json(indent=2))

@@ -1,0 +1,129 @@
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from alloy_pipeline.aqs import AqsError, ExportRequest, format_alloy_datetime, load_queries
+
+REPO_QUERIES = Path(__file__).resolve().parents[1] / "aqs_queries"
+
+JOIN_REQUEST = {
+    "aqs": {
+        "type": "Join",
+        "properties": {
+            "dodiCode": "designs_graffiti",
+            "collectionCode": ["Live"],
+            "attributes": ["attributes_itemsTitle", "attributes_graffitiStatus"],
+            "joinAttributes": ["root.attributes_graffitiStreet.designs_streets.attributes_itemsTitle"],
+        },
+        "children": [
+            {
+                "type": "Equals",
+                "children": [
+                    {"type": "Attribute", "properties": {"attributeCode": "attributes_graffitiStatus"}},
+                    {"type": "String", "properties": {"value": ["Open"]}},
+                ],
+            }
+        ],
+    },
+    "fileName": "Graffiti.csv",
+    "exportHeaderType": "Code",
+    "discriminator": "CsvExportWebRequestModel",
+    "parameterValues": [],
+}
+
+WATERMARK = datetime(2024, 3, 31, 23, 5, 7, 123456, tzinfo=timezone.utc)
+
+
+def write(folder: Path, name: str, body: object) -> Path:
+    path = folder / name
+    path.write_text(json.dumps(body) if not isinstance(body, str) else body)
+    return path
+
+
+def edited_since_node(value: str) -> dict:
+    return {
+        "type": "GreaterThan",
+        "children": [
+            {"type": "ItemProperty", "properties": {"itemPropertyName": "lastEditDate"}},
+            {"type": "DateTime", "properties": {"value": [value]}},
+        ],
+    }
+
+
+def test_repo_example_queries_load_with_unique_slugs() -> None:
+    queries = load_queries(REPO_QUERIES)
+    assert len(queries) >= 3
+    assert {query.request.export_header_type for query in queries} == {"Name", "Code"}
+    assert any(query.request.aqs.children for query in queries), "one example keeps its own filter"
+    assert any(getattr(query.request.aqs.properties, "join_attributes", None) for query in queries)
+
+
+def test_slug_follows_design_rule(tmp_path: Path) -> None:
+    write(tmp_path, "DW Container Job.json", JOIN_REQUEST)
+    [query] = load_queries(tmp_path)
+    assert query.slug == "dw_container_job"
+
+
+def test_round_trip_keeps_the_request_as_written() -> None:
+    assert ExportRequest.model_validate(JOIN_REQUEST).to_body() == JOIN_REQUEST
+
+
+def test_incremental_filter_wraps_own_filter_in_and() -> None:
+    body = ExportRequest.model_validate(JOIN_REQUEST).since(WATERMARK).to_body()
+    [child] = body["aqs"]["children"]
+    assert child["type"] == "And"
+    assert child["children"] == [JOIN_REQUEST["aqs"]["children"][0], edited_since_node("2024-03-31T23:05:07.123Z")]
+    assert body["aqs"]["properties"] == JOIN_REQUEST["aqs"]["properties"]
+
+
+def test_incremental_filter_alone_when_query_has_no_filter() -> None:
+    request = {**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "children": []}}
+    body = ExportRequest.model_validate(request).since(WATERMARK).to_body()
+    assert body["aqs"]["children"] == [edited_since_node("2024-03-31T23:05:07.123Z")]
+
+
+def test_watermark_is_rendered_in_utc() -> None:
+    british_summer = timezone(timedelta(hours=1))
+    assert format_alloy_datetime(datetime(2024, 6, 1, 1, 30, tzinfo=british_summer)) == "2024-06-01T00:30:00.000Z"
+    with pytest.raises(ValueError):
+        format_alloy_datetime(datetime(2024, 6, 1))
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ({k: v for k, v in JOIN_REQUEST.items() if k != "fileName"}, "fileName"),
+        ({**JOIN_REQUEST, "discriminator": "Other"}, "discriminator"),
+        ({**JOIN_REQUEST, "exportHeaderType": "Title"}, "exportHeaderType"),
+        ({**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "type": "Union"}}, "aqs"),
+        ({**JOIN_REQUEST, "aqs": {"type": "Join", "properties": {"attributes": []}}}, "dodiCode"),
+        ({**JOIN_REQUEST, "unexpected": 1}, "unexpected"),
+        (
+            {**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "children": JOIN_REQUEST["aqs"]["children"] * 2}},
+            "at most one child",
+        ),
+    ],
+)
+def test_bad_file_stops_loading_with_file_name_and_problem(tmp_path: Path, body: object, problem: str) -> None:
+    path = write(tmp_path, "Broken Query.json", body)
+    with pytest.raises(AqsError) as raised:
+        load_queries(tmp_path)
+    assert str(path) in str(raised.value)
+    assert problem in str(raised.value)
+
+
+def test_two_files_with_one_slug_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, "Graffiti Reports.json", JOIN_REQUEST)
+    write(tmp_path, "graffiti-reports.json", JOIN_REQUEST)
+    with pytest.raises(AqsError, match="graffiti_reports"):
+        load_queries(tmp_path)
+
+
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AqsError, match="ALLOY_AQS_DIR"):
+        load_queries(tmp_path / "nowhere")
+    with pytest.raises(AqsError, match="no \\*.json"):
+        load_queries(tmp_path)
