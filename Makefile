@@ -2,6 +2,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+demo dev: export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+SIMULATOR_PORT ?= 8765
 
 .PHONY: install demo test bench dev clean
 
@@ -16,13 +18,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/alloy-pipeline demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 dev: $(STAMP)
-	$(BIN)/dagster dev
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m alloy_pipeline.alloy.simulator --port $(SIMULATOR_PORT) --api-key demo-key & sim=$$!; \
+	trap "kill $$sim" EXIT INT TERM; \
+	ALLOY_API_URL=http://127.0.0.1:$(SIMULATOR_PORT) ALLOY_API_KEY=demo-key $(BIN)/dagster dev
 
 clean:
 	rm -rf data .pytest_cache

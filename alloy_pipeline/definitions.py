@@ -11,12 +11,14 @@ from dagster_pyspark import PySparkResource
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import AqsQuery, load_queries
 from alloy_pipeline.assets.raw import build_raw_asset
-from alloy_pipeline.lake import Lake
+from alloy_pipeline.assets.snapshot import build_snapshot_asset
+from alloy_pipeline.lake import ALLOY_PREFIX, Lake
+from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.schedules import LONDON, build_schedules
 from alloy_pipeline.spark import spark_config
 
 DEFAULT_API_URL = "https://api.uk.alloyapp.io"
 DEFAULT_PARTITIONS_START = "2024-01-01"
-LONDON = "Europe/London"
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
@@ -30,23 +32,32 @@ def daily_partitions(start: str) -> dg.DailyPartitionsDefinition:
 
 def build_query_definitions(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.Definitions:
     """Everything one AQS file contributes to the code location."""
-    return dg.Definitions(assets=[build_raw_asset(query, partitions)])
+    return dg.Definitions(assets=[build_raw_asset(query, partitions), build_snapshot_asset(query, partitions)])
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources from the environment (DESIGN.md "Interfaces"), each with a local default."""
+    raw_zone = os.environ.get("ALLOY_RAW_ZONE", "data/raw-zone")
+    default_mappings = f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
     return {
         "alloy": AlloyApi(base_url=_env_or("ALLOY_API_URL", DEFAULT_API_URL), api_key=dg.EnvVar("ALLOY_API_KEY")),
-        "lake": Lake(raw_zone=_env_or("ALLOY_RAW_ZONE", "data/raw-zone"), refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
+        "lake": Lake(raw_zone=raw_zone, refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
+        "mappings": MappingFiles(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
         "pyspark": PySparkResource(spark_config=spark_config(os.environ.get("SPARK_REMOTE"))),
     }
 
 
-@dg.definitions
-def defs() -> dg.Definitions:
+def build_definitions() -> dg.Definitions:
+    """The whole code location, from the environment as it is now."""
     queries = load_queries(Path(os.environ.get("ALLOY_AQS_DIR", "aqs_queries")))
     partitions = daily_partitions(os.environ.get("ALLOY_PARTITIONS_START", DEFAULT_PARTITIONS_START))
     return dg.Definitions.merge(
         *(build_query_definitions(query, partitions) for query in queries),
+        build_schedules([query.slug for query in queries], partitions),
         dg.Definitions(resources=build_resources()),
     )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

@@ -23,3 +23,33 @@ def conform_csv(frame: DataFrame, columns: list[str], stamp: dict[str, str | dat
         *(_empty_as_null(name) for name in columns),
         *(F.lit(value).alias(name) for name, value in stamp.items()),
     )
+
+
+def union_columns(left: DataFrame, right: DataFrame) -> DataFrame:
+    """Rows of both, columns unioned by name; a column one side lacks is null there."""
+    return left.unionByName(right, allowMissingColumns=True)
+
+
+def drop_root_items(current: DataFrame, changed: DataFrame, key: str) -> DataFrame:
+    """Rows of `current` whose `key` is not among `changed`'s `item_id`s, columns in place."""
+    changed_keys = F.broadcast(changed.select(F.col("item_id").alias("_changed_root")).distinct())
+    return current.join(changed_keys, current[key] == changed_keys["_changed_root"], how="left_anti")
+
+
+def upsert_root_items(current: DataFrame, increment: DataFrame, changed: DataFrame, key: str) -> DataFrame:
+    """Replace, for every root item in `changed` (one column, `item_id`), all of its rows.
+
+    `key` is the column that names a row's root item: `item_id` in the main table,
+    `primary_item` in a joined table, so an item whose link was cleared loses its joined rows.
+    """
+    return union_columns(drop_root_items(current, changed, key), increment)
+
+
+def rename_columns(frame: DataFrame, renames: dict[str, str]) -> DataFrame:
+    """Rename columns by `renames` (already validated); other columns keep their names."""
+    return frame.withColumnsRenamed({old: new for old, new in renames.items() if old in frame.columns})
+
+
+def stamp_columns(frame: DataFrame, stamp: dict[str, str]) -> DataFrame:
+    """Set constant string columns (replacing any of the same name)."""
+    return frame.withColumns({name: F.lit(value) for name, value in stamp.items()})

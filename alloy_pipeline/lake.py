@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import dagster as dg
 import pyarrow.fs as pafs
@@ -22,6 +23,8 @@ RAW_DOWNLOADS = f"{ALLOY_PREFIX}/alloy_api_downloads"
 RAW_PARQUET = f"{ALLOY_PREFIX}/parquet_files"
 RAW_MANIFESTS = f"{ALLOY_PREFIX}/manifests/raw"
 STAGING = f"{ALLOY_PREFIX}/_staging"
+SNAPSHOTS = f"{ALLOY_PREFIX}/snapshots"
+SNAPSHOT_MANIFESTS = f"{ALLOY_PREFIX}/manifests/snapshot"
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Zone:
             self.fs.delete_file(info.path)
 
     def upload(self, local_file: Path, relative: str) -> None:
+        self.fs.create_dir(self.path_of(relative).rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(
             str(local_file),
             self.path_of(relative),
@@ -159,6 +163,31 @@ class RawManifest(BaseModel):
     tables: dict[str, TableOutput]
 
 
+class SnapshotTable(TableOutput):
+    """A snapshot table, with the renames that were applied to it (raw name → stored name)."""
+
+    mapping_source: str | None = None
+    renames: dict[str, str] = {}
+
+
+class SnapshotManifest(BaseModel):
+    """The record that makes snapshot `day` visible, and what it was built from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str
+    day: dt.date
+    run_id: str
+    main_table: str
+    base_day: dt.date | None
+    raw_days: tuple[dt.date, ...]
+    inserted: int
+    replaced: int
+    carried_forward: int
+    removed: int
+    tables: dict[str, SnapshotTable]
+
+
 class Lake(dg.ConfigurableResource):
     """The raw and refined zones, laid out as in DESIGN.md, with manifest-based visibility."""
 
@@ -186,42 +215,69 @@ class Lake(dg.ConfigurableResource):
         return f"{RAW_PARQUET}/{query}/{table}/{day.segments('import')}"
 
     @staticmethod
+    def snapshot_table_dir(query: str, table: str, day: Day) -> str:
+        return f"{SNAPSHOTS}/{query}/{table}/{day.segments('snapshot')}"
+
+    @staticmethod
     def staging_dir(run_id: str, query: str) -> str:
         return f"{STAGING}/{run_id}/{query}"
 
-    @staticmethod
-    def _raw_manifest_path(query: str, day: Day) -> str:
-        return f"{RAW_MANIFESTS}/{query}/{day.compact}.json"
-
     def raw_manifests(self, query: str) -> list[RawManifest]:
         """Every committed raw partition of `query`, oldest first."""
-        zone = self.raw
-        folder = f"{RAW_MANIFESTS}/{query}"
-        return [
-            RawManifest.model_validate_json(zone.read_text(f"{folder}/{name}"))
-            for name in zone.list_names(folder)
-            if name.endswith(".json")
-        ]
+        return _read_manifests(self.raw, f"{RAW_MANIFESTS}/{query}", RawManifest)
 
-    def raw_manifest(self, query: str, day: Day) -> RawManifest | None:
-        path = self._raw_manifest_path(query, day)
-        zone = self.raw
-        return RawManifest.model_validate_json(zone.read_text(path)) if zone.exists(path) else None
+    def snapshot_manifests(self, query: str) -> list[SnapshotManifest]:
+        """Every committed snapshot partition of `query`, oldest first."""
+        return _read_manifests(self.refined, f"{SNAPSHOT_MANIFESTS}/{query}", SnapshotManifest)
 
     def commit_raw(self, manifest: RawManifest, moves: dict[str, str]) -> None:
-        """Make raw partition `manifest.day` visible: hide the old one, move staged data, write manifest.
-
-        `moves` maps staged folders to their final places. Tables the previous version had and
-        this one lacks are removed so the folder matches the manifest.
-        """
-        zone = self.raw
         day = Day(manifest.day)
-        manifest_path = self._raw_manifest_path(manifest.query, day)
-        previous = self.raw_manifest(manifest.query, day)
+        _commit(
+            self.raw,
+            f"{RAW_MANIFESTS}/{manifest.query}/{day.compact}.json",
+            manifest,
+            moves,
+            lambda table: self.raw_table_dir(manifest.query, table, day),
+        )
+
+    def commit_snapshot(self, manifest: SnapshotManifest, moves: dict[str, str]) -> None:
+        day = Day(manifest.day)
+        _commit(
+            self.refined,
+            f"{SNAPSHOT_MANIFESTS}/{manifest.query}/{day.compact}.json",
+            manifest,
+            moves,
+            lambda table: self.snapshot_table_dir(manifest.query, table, day),
+        )
+
+
+_Manifest = TypeVar("_Manifest", RawManifest, SnapshotManifest)
+
+
+def _read_manifests(zone: Zone, folder: str, model: type[_Manifest]) -> list[_Manifest]:
+    return [
+        model.model_validate_json(zone.read_text(f"{folder}/{name}"))
+        for name in zone.list_names(folder)
+        if name.endswith(".json")
+    ]
+
+
+def _commit(
+    zone: Zone,
+    manifest_path: str,
+    manifest: RawManifest | SnapshotManifest,
+    moves: dict[str, str],
+    table_dir: Callable[[str], str],
+) -> None:
+    """Hide the day's old version, move the staged folders into place, then write the manifest.
+
+    Tables the old version had and this one lacks are removed, so the folders match the manifest.
+    """
+    if zone.exists(manifest_path):
+        previous = type(manifest).model_validate_json(zone.read_text(manifest_path))
         zone.delete(manifest_path)
-        if previous is not None:
-            for table in previous.tables.keys() - manifest.tables.keys():
-                zone.delete(self.raw_table_dir(manifest.query, table, day))
-        for source, target in moves.items():
-            zone.move_dir(source, target)
-        zone.write_text(manifest_path, manifest.model_dump_json(indent=2))
+        for table in previous.tables.keys() - manifest.tables.keys():
+            zone.delete(table_dir(table))
+    for source, target in moves.items():
+        zone.move_dir(source, target)
+    zone.write_text(manifest_path, manifest.model_dump_json(indent=2))

@@ -4,7 +4,6 @@ A partition lands the export's CSVs as received, converts each to parquet with t
 columns, and commits by writing its manifest last.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 import tempfile

@@ -1,0 +1,324 @@
+"""Snapshot assets: the previous snapshot with every newer raw partition merged in, renamed.
+
+Snapshot D is a function of stored data only (the snapshot before D, the raw partitions after it
+up to D, and the mapping files), so a backfill in date order rebuilds the same partitions.
+"""
+
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import reduce
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from alloy_pipeline.aqs import AqsQuery
+from alloy_pipeline.frames import drop_root_items, rename_columns, stamp_columns, upsert_root_items
+from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, SnapshotTable
+from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.naming import raw_key, snapshot_key
+
+ITEM_ID = "item_id"
+PRIMARY_ITEM = "primary_item"
+SNAPSHOT_COLUMNS = ("snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date")
+PREVIEW_ROWS = 5
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot that cannot be built from what is stored."""
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """What snapshot D is built from: a base snapshot (or nothing) and raw partitions, in date order."""
+
+    day: Day
+    previous: SnapshotManifest | None
+    base: SnapshotManifest | None
+    raws: tuple[RawManifest, ...]
+
+
+def plan_snapshot(
+    query: str, day: Day, snapshots: list[SnapshotManifest], raws: list[RawManifest]
+) -> SnapshotPlan:
+    """Start from the latest snapshot before D; apply raw partitions after it up to D.
+
+    A full extract among them makes everything before it irrelevant, deletions included.
+    """
+    earlier = [manifest for manifest in snapshots if manifest.day < day.date]
+    previous = max(earlier, key=lambda manifest: manifest.day) if earlier else None
+    pending = sorted(
+        (raw for raw in raws if raw.day <= day.date and (previous is None or raw.day > previous.day)),
+        key=lambda raw: raw.day,
+    )
+    fulls = [index for index, raw in enumerate(pending) if raw.kind == "full"]
+    base = previous
+    if fulls:
+        pending, base = pending[fulls[-1] :], None
+    if base is None and not pending:
+        raise SnapshotError(
+            f"query {query}, partition {day.key}: no raw partition on or before this day; "
+            f"materialise alloy/raw/{query} first"
+        )
+    return SnapshotPlan(day=day, previous=previous, base=base, raws=tuple(pending))
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    """How the main table changed against the previous snapshot, in root items."""
+
+    expected_rows: int
+    inserted: int
+    replaced: int
+    carried_forward: int
+    removed: int
+
+
+def _key_of(table: str, main_table: str) -> str:
+    return ITEM_ID if table == main_table else PRIMARY_ITEM
+
+
+def _require_column(frame: DataFrame, column: str, where: str) -> DataFrame:
+    if column not in frame.columns:
+        raise SnapshotError(f"{where} has no '{column}' column (columns: {', '.join(frame.columns)})")
+    return frame
+
+
+def _read_base(spark: SparkSession, base: SnapshotManifest) -> dict[str, DataFrame]:
+    """The base snapshot's tables under their raw names, so newer raw partitions line up."""
+    return {
+        table: rename_columns(
+            spark.read.parquet(entry.path).drop(*SNAPSHOT_COLUMNS),
+            {new: old for old, new in entry.renames.items()},
+        )
+        for table, entry in base.tables.items()
+    }
+
+
+def merge_tables(spark: SparkSession, query: str, plan: SnapshotPlan) -> tuple[str, dict[str, DataFrame]]:
+    """Apply the plan's raw partitions to its base; return the main table's name and all tables."""
+    tables = _read_base(spark, plan.base) if plan.base else {}
+    main_table = plan.base.main_table if plan.base else plan.raws[0].main_table
+    for raw in plan.raws:
+        where = f"query {query}, raw partition {raw.day}"
+        increment = {table: spark.read.parquet(entry.path) for table, entry in raw.tables.items()}
+        main_table = raw.main_table
+        for table, frame in increment.items():
+            _require_column(frame, _key_of(table, main_table), f"{where}, table {table}")
+        if raw.kind == "full":
+            tables = increment
+            continue
+        changed = increment[main_table].select(ITEM_ID)
+        merged: dict[str, DataFrame] = {}
+        for table in tables.keys() | increment.keys():
+            current, new = tables.get(table), increment.get(table)
+            key = _key_of(table, main_table)
+            if current is None:
+                merged[table] = new
+            elif new is None:
+                merged[table] = drop_root_items(current, changed, key)
+            else:
+                merged[table] = upsert_root_items(current, new, changed, key)
+        tables = merged
+    return main_table, tables
+
+
+def count_changes(spark: SparkSession, plan: SnapshotPlan, main: DataFrame) -> MergeCounts:
+    """Root-item counts against the previous snapshot, and the main table's expected row count.
+
+    The expected count (previous − replaced + new) is computed from the inputs, not from the
+    merged table, so the reconciliation check can catch a merge that loses or duplicates rows.
+    """
+    touched = reduce(
+        DataFrame.unionByName,
+        (spark.read.parquet(raw.tables[raw.main_table].path).select(ITEM_ID) for raw in plan.raws),
+    ).distinct() if plan.raws else None
+    previous_ids = (
+        _read_base(spark, plan.previous)[plan.previous.main_table].select(ITEM_ID).distinct()
+        if plan.previous
+        else None
+    )
+    final_ids = main.select(ITEM_ID).distinct()
+    new_rows = touched.count() if touched is not None else 0
+    if previous_ids is None:
+        return MergeCounts(new_rows, final_ids.count(), 0, 0, 0)
+    replaced = touched.join(previous_ids, ITEM_ID, "left_semi").count() if touched is not None else 0
+    if plan.base is None:
+        removed = previous_ids.join(final_ids, ITEM_ID, "left_anti").count()
+        inserted = final_ids.join(previous_ids, ITEM_ID, "left_anti").count()
+        return MergeCounts(new_rows, inserted, replaced, 0, removed)
+    previous_rows = plan.previous.tables[plan.previous.main_table].rows
+    return MergeCounts(
+        expected_rows=previous_rows - replaced + new_rows,
+        inserted=new_rows - replaced,
+        replaced=replaced,
+        carried_forward=previous_rows - replaced,
+        removed=0,
+    )
+
+
+def _check_results(
+    written: dict[str, DataFrame],
+    manifest: SnapshotManifest,
+    previous: SnapshotManifest | None,
+    counts: MergeCounts,
+) -> list[dg.AssetCheckResult]:
+    main = manifest.tables[manifest.main_table]
+    key = main.renames.get(ITEM_ID, ITEM_ID)
+    duplicates = (
+        written[manifest.main_table].groupBy(key).count().where(F.col("count") > 1).orderBy(F.desc("count"))
+    )
+    duplicate_count = duplicates.count()
+    drift: dict[str, dict[str, list[str]]] = {}
+    if previous is not None:
+        for table, entry in manifest.tables.items():
+            before = set(previous.tables[table].columns) if table in previous.tables else set()
+            added, removed = sorted(set(entry.columns) - before), sorted(before - set(entry.columns))
+            if added or removed:
+                drift[table] = {"added": added, "removed": removed}
+    return [
+        dg.AssetCheckResult(
+            check_name="unique_item_id",
+            passed=duplicate_count == 0,
+            metadata={
+                "duplicated_keys": duplicate_count,
+                "examples": dg.MetadataValue.json([row[key] for row in duplicates.limit(5).collect()]),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="row_count_reconciles",
+            passed=main.rows == counts.expected_rows,
+            metadata={"rows": main.rows, "expected_rows": counts.expected_rows, "replaced": counts.replaced},
+        ),
+        dg.AssetCheckResult(
+            check_name="schema_drift",
+            passed=not drift,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"changes": dg.MetadataValue.json(drift)},
+        ),
+    ]
+
+
+def _table_schema(frame: DataFrame) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[dg.TableColumn(name=field.name, type=field.dataType.simpleString()) for field in frame.schema]
+    )
+
+
+def _preview(frame: DataFrame) -> dg.TableMetadataValue:
+    records = [
+        dg.TableRecord({name: None if value is None else str(value) for name, value in row.asDict().items()})
+        for row in frame.limit(PREVIEW_ROWS).collect()
+    ]
+    return dg.MetadataValue.table(records=records, schema=_table_schema(frame))
+
+
+def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    """The daily snapshot asset of one AQS query, with its checks."""
+    key = snapshot_key(query.slug)
+
+    @dg.asset(
+        key=key,
+        partitions_def=partitions,
+        group_name="alloy_snapshot",
+        kinds={"spark", "parquet"},
+        description=f"Daily snapshot of `{query.path.name}`: one row per live item, columns renamed.",
+        deps=[
+            dg.AssetDep(raw_key(query.slug)),
+            dg.AssetDep(key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
+        ],
+        check_specs=[
+            dg.AssetCheckSpec(
+                "unique_item_id", asset=key, blocking=True, description="Each item appears once in the main table."
+            ),
+            dg.AssetCheckSpec(
+                "row_count_reconciles",
+                asset=key,
+                description="Main-table rows equal previous − replaced + new root items.",
+            ),
+            dg.AssetCheckSpec(
+                "schema_drift", asset=key, description="Columns added or removed since the previous snapshot."
+            ),
+        ],
+    )
+    def snapshot(
+        context: dg.AssetExecutionContext, lake: Lake, mappings: MappingFiles, pyspark: PySparkResource
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        spark = pyspark.spark_session
+        day = Day.from_key(context.partition_key)
+        plan = plan_snapshot(query.slug, day, lake.snapshot_manifests(query.slug), lake.raw_manifests(query.slug))
+        context.log.info(
+            f"{query.slug} {day.key}: base snapshot {plan.base.day if plan.base else 'none'}, "
+            f"raw partitions {[raw.day.isoformat() for raw in plan.raws] or 'none (carried forward)'}"
+        )
+        main_table, merged = merge_tables(spark, query.slug, plan)
+        stamp = day.fields("snapshot")
+        renamed: dict[str, tuple[DataFrame, dict[str, str], str | None]] = {}
+        for table, frame in sorted(merged.items()):
+            stamped = stamp_columns(frame, stamp)
+            mapping = mappings.load(f"{query.slug}_{table}")
+            renames = mapping.for_columns(stamped.columns) if mapping else {}
+            renamed[table] = (rename_columns(stamped, renames), renames, mapping.source if mapping else None)
+        counts = count_changes(spark, plan, merged[main_table])
+
+        zone = lake.refined
+        staging = lake.staging_dir(context.run_id, query.slug)
+        try:
+            tables: dict[str, SnapshotTable] = {}
+            written: dict[str, DataFrame] = {}
+            for table, (frame, renames, source) in renamed.items():
+                staged = zone.uri_of(f"{staging}/{table}")
+                frame.write.mode("overwrite").parquet(staged)
+                written[table] = spark.read.parquet(staged)
+                tables[table] = SnapshotTable(
+                    path=zone.uri_of(lake.snapshot_table_dir(query.slug, table, day)),
+                    rows=written[table].count(),
+                    columns=tuple(frame.columns),
+                    mapping_source=source,
+                    renames=renames,
+                )
+            manifest = SnapshotManifest(
+                query=query.slug,
+                day=day.date,
+                run_id=context.run_id,
+                main_table=main_table,
+                base_day=plan.base.day if plan.base else None,
+                raw_days=tuple(raw.day for raw in plan.raws),
+                inserted=counts.inserted,
+                replaced=counts.replaced,
+                carried_forward=counts.carried_forward,
+                removed=counts.removed,
+                tables=tables,
+            )
+            checks = _check_results(written, manifest, plan.previous, counts)
+            lake.commit_snapshot(
+                manifest, {f"{staging}/{table}": lake.snapshot_table_dir(query.slug, table, day) for table in tables}
+            )
+        finally:
+            zone.delete(staging)
+
+        main = spark.read.parquet(tables[main_table].path)
+        yield dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": tables[main_table].rows,
+                "dagster/column_schema": _table_schema(main),
+                "path": dg.MetadataValue.path(tables[main_table].path),
+                "rows": dg.MetadataValue.json({table: entry.rows for table, entry in tables.items()}),
+                "paths": dg.MetadataValue.json({table: entry.path for table, entry in tables.items()}),
+                "inserted": counts.inserted,
+                "replaced": counts.replaced,
+                "carried_forward": counts.carried_forward,
+                "removed": counts.removed,
+                "base_snapshot": plan.base.day.isoformat() if plan.base else "none",
+                "raw_partitions": dg.MetadataValue.json([raw.day.isoformat() for raw in plan.raws]),
+                "mappings": dg.MetadataValue.json(
+                    {table: entry.mapping_source for table, entry in tables.items() if entry.mapping_source}
+                ),
+                "preview": _preview(main),
+            }
+        )
+        yield from checks
+
+    return snapshot
