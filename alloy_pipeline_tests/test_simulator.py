@@ -8,7 +8,7 @@ import io
 import json
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ API_KEY = "test-key"
 AQS_DIR = Path(__file__).resolve().parents[1] / "aqs_queries"
 JOBS = "designs_wasteContainerJob"
 CONTAINER_LINK = "attributes_jobAssignedContainer"
-SINCE_2024 = {
+SINCE_2024: dict[str, Any] = {
     "type": "GreaterThan",
     "children": [
         {"type": "ItemProperty", "properties": {"itemPropertyName": "lastEditDate"}},
@@ -37,7 +37,8 @@ SINCE_2024 = {
 
 
 def example(name: str) -> dict[str, Any]:
-    return json.loads((AQS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    body: dict[str, Any] = json.loads((AQS_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    return body
 
 
 def with_filter(body: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def client(sim: AlloySimulator) -> Iterator[httpx.Client]:
 def start(client: httpx.Client, body: dict[str, Any]) -> str:
     response = client.post("/api/export", json=body)
     assert response.status_code == 200, response.text
-    return response.json()["backgroundTaskId"]
+    return str(response.json()["backgroundTaskId"])
 
 
 def download(client: httpx.Client, task_id: str) -> bytes:
@@ -110,9 +111,12 @@ def test_every_endpoint_wants_the_bearer_key(
     assert response.status_code == 401
     assert set(response.json()) == {"errorCode", "message"}
     assert {"x-rate-limit-remaining", "x-rate-limit-reset"} <= set(response.headers)
+    assert sim.requests[-1].query == f"token={API_KEY}"  # recorded, so tests can catch keys in URLs
 
 
-def test_requests_are_recorded_and_carry_rate_limit_headers(sim: AlloySimulator, client: httpx.Client) -> None:
+def test_requests_are_recorded_and_carry_rate_limit_headers(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
     body = example("DW Container Job")
     task_id = start(client, body)
     response = client.get(f"/api/task/{task_id}")
@@ -121,7 +125,10 @@ def test_requests_are_recorded_and_carry_rate_limit_headers(sim: AlloySimulator,
     download(client, task_id)
     seen = sim.requests
     assert [(r.method, r.path.split("/")[2]) for r in seen] == [
-        ("POST", "export"), ("GET", "task"), ("GET", "export"), ("GET", "file")
+        ("POST", "export"),
+        ("GET", "task"),
+        ("GET", "export"),
+        ("GET", "file"),
     ]
     assert seen[0].body == body
     assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in seen)
@@ -129,7 +136,10 @@ def test_requests_are_recorded_and_carry_rate_limit_headers(sim: AlloySimulator,
 
 
 def test_rate_limit_is_enforced_per_window() -> None:
-    with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, rate_limit=2) as limited, connect(limited) as http:
+    with (
+        AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, rate_limit=2) as limited,
+        connect(limited) as http,
+    ):
         assert [http.get("/api/task/x").status_code for _ in range(3)] == [404, 404, 429]
         refused = http.get("/api/task/x")
         assert refused.headers["x-rate-limit-remaining"] == "0"
@@ -147,13 +157,24 @@ def test_unknown_ids_are_404(client: httpx.Client) -> None:
 
 def test_join_export_has_alloy_zip_layout_and_name_headers(sim: AlloySimulator, client: httpx.Client) -> None:
     archive = export(client, example("DW Container Job"))
-    assert archive.namelist() == ["DW Container Job/DW Container Job.csv", "JoinedDesign_Waste Container_1.csv"]
+    assert archive.namelist() == [
+        "DW Container Job/DW Container Job.csv",
+        "JoinedDesign_Waste Container_1.csv",
+    ]
 
     header, *records = rows(archive, "DW Container Job/DW Container Job.csv")
     prefix = "root.Assigned Container.Waste Container"
     assert header == [
-        "Item ID", "Title", "Status", "Job Type", "Priority", "Raised Date", "Notes",
-        f"{prefix}.Title", f"{prefix}.Container Type", f"{prefix} Item IDs",
+        "Item ID",
+        "Title",
+        "Status",
+        "Job Type",
+        "Priority",
+        "Raised Date",
+        "Notes",
+        f"{prefix}.Title",
+        f"{prefix}.Container Type",
+        f"{prefix} Item IDs",
     ]
     dataset = sim.dataset
     assert [record[0] for record in records] == dataset.ids(JOBS)
@@ -165,16 +186,22 @@ def test_join_export_has_alloy_zip_layout_and_name_headers(sim: AlloySimulator, 
 
     joined_header, *joined = rows(archive, "JoinedDesign_Waste Container_1.csv")
     assert joined_header == [
-        "Item ID", "Title", "Container Type", "AQS Path", "Predecessor File", "Predecessor Item", "Primary Item"
+        "Item ID",
+        "Title",
+        "Container Type",
+        "AQS Path",
+        "Predecessor File",
+        "Predecessor Item",
+        "Primary Item",
     ]
-    expected = [(linked, job) for job in dataset.ids(JOBS) for linked in dataset.linked_ids(job, CONTAINER_LINK)]
+    expected = [
+        (linked, job) for job in dataset.ids(JOBS) for linked in dataset.linked_ids(job, CONTAINER_LINK)
+    ]
     assert [(row[0], row[6]) for row in joined] == expected
     assert any(len(dataset.linked_ids(job, CONTAINER_LINK)) > 1 for job in dataset.ids(JOBS))
     assert any(not dataset.linked_ids(job, CONTAINER_LINK) for job in dataset.ids(JOBS))
     for row in joined:
-        assert row[3:6] == [
-            f"root.{CONTAINER_LINK}.designs_wasteContainer", "DW Container Job.csv", row[6]
-        ]
+        assert row[3:6] == [f"root.{CONTAINER_LINK}.designs_wasteContainer", "DW Container Job.csv", row[6]]
 
 
 def test_code_headers_and_the_query_filter(sim: AlloySimulator, client: httpx.Client) -> None:
@@ -183,12 +210,20 @@ def test_code_headers_and_the_query_filter(sim: AlloySimulator, client: httpx.Cl
     header, *records = main_rows(archive)
     prefix = "root.attributes_graffitiStreet.designs_street"
     assert header[:3] == ["Item ID", "attributes_itemsTitle", "attributes_graffitiStatus"]
-    assert header[-3:] == [f"{prefix}.attributes_itemsTitle", f"{prefix}.attributes_streetUsrn", f"{prefix} Item IDs"]
+    assert header[-3:] == [
+        f"{prefix}.attributes_itemsTitle",
+        f"{prefix}.attributes_streetUsrn",
+        f"{prefix} Item IDs",
+    ]
     reports = sim.dataset.ids("designs_graffitiReport")
     open_ids = [i for i in reports if sim.dataset.value(i, "attributes_graffitiStatus") == "Open"]
     assert 0 < len(open_ids) < len(reports)
     assert [record[0] for record in records] == open_ids
-    assert rows(archive, "JoinedDesign_Street_1.csv")[0][:3] == ["Item ID", "attributes_itemsTitle", "attributes_streetUsrn"]
+    assert rows(archive, "JoinedDesign_Street_1.csv")[0][:3] == [
+        "Item ID",
+        "attributes_itemsTitle",
+        "attributes_streetUsrn",
+    ]
 
 
 def test_duplicate_display_names_and_punctuation_stay_in_the_header(client: httpx.Client) -> None:
@@ -217,7 +252,10 @@ def test_quoted_cells_round_trip(sim: AlloySimulator, client: httpx.Client) -> N
 
 
 def test_bom_option_prefixes_every_csv() -> None:
-    with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, bom=True) as with_bom, connect(with_bom) as http:
+    with (
+        AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, bom=True) as with_bom,
+        connect(with_bom) as http,
+    ):
         archive = export(http, example("DW Container Job"))
         assert all(archive.read(name).startswith(b"\xef\xbb\xbfItem ID,") for name in archive.namelist())
 
@@ -232,7 +270,9 @@ def test_synthetic_dataset_serves_its_request() -> None:
     with AlloySimulator(dataset=dataset, api_key=API_KEY) as bench, connect(bench) as http:
         archive = export(http, synthetic_request("Bench.csv", export_header_type="Code"))
     assert archive.namelist() == [
-        "Bench/Bench.csv", "JoinedDesign_Synthetic Site_1.csv", "JoinedDesign_Synthetic Owner_2.csv"
+        "Bench/Bench.csv",
+        "JoinedDesign_Synthetic Site_1.csv",
+        "JoinedDesign_Synthetic Owner_2.csv",
     ]
     header, *records = main_rows(archive)
     assert len(header) == 1 + 12 + 2 * 3 and len(records) == 500
@@ -244,7 +284,9 @@ def test_synthetic_dataset_serves_its_request() -> None:
 # --- filters and validation -------------------------------------------------------------------
 
 
-def test_greater_than_last_edit_date_returns_only_edited_items(sim: AlloySimulator, client: httpx.Client) -> None:
+def test_greater_than_last_edit_date_returns_only_edited_items(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
     body = example("DW Container Job")
     assert len(main_rows(export(client, with_filter(body, SINCE_2024)))) == 1
     edited = sim.dataset.edit(JOBS, 3)
@@ -253,7 +295,9 @@ def test_greater_than_last_edit_date_returns_only_edited_items(sim: AlloySimulat
     assert all(sim.dataset.item(i).last_edit_date.year >= 2024 for i in edited)
 
 
-def test_and_keeps_the_query_filter_alongside_the_watermark(sim: AlloySimulator, client: httpx.Client) -> None:
+def test_and_keeps_the_query_filter_alongside_the_watermark(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
     body = example("Graffiti Reports")
     reopened, closed = sim.dataset.ids("designs_graffitiReport")[:2]
     sim.dataset.set_value(reopened, "attributes_graffitiStatus", "Open")
@@ -263,59 +307,55 @@ def test_and_keeps_the_query_filter_alongside_the_watermark(sim: AlloySimulator,
     assert [record[0] for record in records] == [reopened]
 
 
-def _drop(path: str) -> Callable[[dict[str, Any]], None]:
-    *parents, key = path.split(".")
-
-    def change(body: dict[str, Any]) -> None:
-        for part in parents:
-            body = body[part]
-        del body[key]
-
-    return change
-
-
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    *parents, key = path.split(".")
-
-    def change(body: dict[str, Any]) -> None:
-        for part in parents:
-            body = body[part]
-        body[key] = value
-
-    return change
-
-
 def _since(value: str) -> dict[str, Any]:
     node = copy.deepcopy(SINCE_2024)
     node["children"][1]["properties"]["value"] = [value]
     return node
 
 
+DROP = object()
+CONTAINER_TITLE = "designs_wasteContainer.attributes_itemsTitle"
+
+
 @pytest.mark.parametrize(
-    "change",
+    ("path", "value"),
     [
-        _set("discriminator", "JsonExportWebRequestModel"),
-        _drop("exportHeaderType"),
-        _set("fileName", "../escape.csv"),
-        _set("aqs.type", "Aggregate"),
-        _set("aqs.properties.dodiCode", "designs_nothing"),
-        _set("aqs.properties.attributes", ["attributes_itemsTitle", "attributes_nothing"]),
-        _set("aqs.properties.collectionCode", ["Archive"]),
-        _set("aqs.properties.joinAttributes", ["root.attributes_jobAssignedContainer.designs_street.attributes_itemsTitle"]),
-        _set("aqs.properties.joinAttributes", ["root.attributes_nothing.designs_wasteContainer.attributes_itemsTitle"]),
-        _set("aqs.properties.joinAttributes", ["attributes_itemsTitle"]),
-        _set("aqs.children", [SINCE_2024, SINCE_2024]),
-        _set("aqs.children", [{"type": "Like", "children": []}]),
-        _set("aqs.children", [{"type": "And", "children": []}]),
-        _set("aqs.children", [_since("2024-01-01")]),
-        _set("aqs.children", [_since("2024-13-01T00:00:00.000Z")]),
-        _set("aqs.children", [{"type": "Equals", "children": SINCE_2024["children"]}]),
+        pytest.param("discriminator", "JsonExportWebRequestModel", id="discriminator"),
+        pytest.param("exportHeaderType", DROP, id="no-header-type"),
+        pytest.param("fileName", "../escape.csv", id="file-name-with-path"),
+        pytest.param("aqs.type", "Aggregate", id="root-type"),
+        pytest.param("aqs.properties.dodiCode", "designs_nothing", id="unknown-design"),
+        pytest.param("aqs.properties.attributes", ["attributes_nothing"], id="unknown-attribute"),
+        pytest.param("aqs.properties.collectionCode", ["Archive"], id="unknown-collection"),
+        pytest.param(
+            "aqs.properties.joinAttributes",
+            ["root.attributes_jobAssignedContainer.designs_street.attributes_itemsTitle"],
+            id="join-to-the-wrong-design",
+        ),
+        pytest.param(
+            "aqs.properties.joinAttributes", [f"root.attributes_nothing.{CONTAINER_TITLE}"], id="unknown-link"
+        ),
+        pytest.param("aqs.properties.joinAttributes", ["attributes_itemsTitle"], id="join-path-shape"),
+        pytest.param("aqs.children", [SINCE_2024, SINCE_2024], id="two-root-children"),
+        pytest.param("aqs.children", [{"type": "Like", "children": []}], id="unsupported-node"),
+        pytest.param("aqs.children", [{"type": "And", "children": []}], id="empty-and"),
+        pytest.param("aqs.children", [_since("2024-01-01")], id="date-without-time"),
+        pytest.param("aqs.children", [_since("2024-13-01T00:00:00.000Z")], id="impossible-date"),
+        pytest.param(
+            "aqs.children", [{"type": "Equals", "children": SINCE_2024["children"]}], id="equals-on-a-date"
+        ),
     ],
-    ids=lambda change: f"{change.__qualname__.split('.')[0]}",
 )
-def test_bad_requests_are_400(client: httpx.Client, change: Callable[[dict[str, Any]], None]) -> None:
+def test_bad_requests_are_400(client: httpx.Client, path: str, value: Any) -> None:
     body = example("DW Container Job")
-    change(body)
+    *parents, key = path.split(".")
+    parent = body
+    for part in parents:
+        parent = parent[part]
+    if value is DROP:
+        del parent[key]
+    else:
+        parent[key] = value
     response = client.post("/api/export", json=body)
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"errorCode", "message"}
@@ -363,13 +403,18 @@ def test_disconnect_closes_without_a_response(sim: AlloySimulator, client: httpx
 
 
 @pytest.mark.parametrize(("kind", "status"), [("failed_task", "Failed"), ("deleted_task", "Deleted")])
-def test_task_fault_ends_the_next_task(sim: AlloySimulator, client: httpx.Client, kind: str, status: str) -> None:
+def test_task_fault_ends_the_next_task(
+    sim: AlloySimulator, client: httpx.Client, kind: str, status: str
+) -> None:
     sim.inject(Fault(kind, message="Export timed out"))  # type: ignore[arg-type]
     task_id = start(client, example("Gully Inspections"))
     task = client.get(f"/api/task/{task_id}").json()["task"]
     assert (task["status"], task["error"]) == (status, "Export timed out")
     assert client.get(f"/api/export/{task_id}/file").status_code == 409
-    assert client.get(f"/api/task/{start(client, example('Gully Inspections'))}").json()["task"]["status"] == "Complete"
+    assert (
+        client.get(f"/api/task/{start(client, example('Gully Inspections'))}").json()["task"]["status"]
+        == "Complete"
+    )
 
 
 def test_corrupt_zip_fault_serves_a_truncated_archive(sim: AlloySimulator, client: httpx.Client) -> None:
@@ -455,13 +500,18 @@ def test_deleting_a_linked_item_unlinks_it_everywhere(sim: AlloySimulator) -> No
     assert dataset.item(job).last_edit_date.year >= 2024
 
 
-def test_simulate_day_is_deterministic_and_seen_by_an_incremental_export(client: httpx.Client, sim: AlloySimulator) -> None:
+def test_simulate_day_is_deterministic_and_seen_by_an_incremental_export(
+    client: httpx.Client, sim: AlloySimulator
+) -> None:
     changes = sim.dataset.simulate_day(seed=1)
     assert changes == demo_dataset().simulate_day(seed=1)
     assert changes.edited and changes.inserted and changes.deleted
     assert len(changes.unlinked) == 2  # one on jobs, one on graffiti reports; gullies have no links
     jobs = set(sim.dataset.ids(JOBS))
     touched = (set(changes.edited) | set(changes.inserted) | set(changes.unlinked)) & jobs
-    exported = {record[0] for record in main_rows(export(client, with_filter(example("DW Container Job"), SINCE_2024)))[1:]}
+    exported = {
+        record[0]
+        for record in main_rows(export(client, with_filter(example("DW Container Job"), SINCE_2024)))[1:]
+    }
     assert exported == touched
     assert not exported & set(changes.deleted)

@@ -25,12 +25,13 @@ import math
 import random
 import re
 import secrets
+import signal
 import tempfile
 import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -392,7 +393,7 @@ class Dataset:
         else:
             ids = [items] if isinstance(items, str) else list(items)
         picked = [table.get(item_id) for item_id in ids]
-        missing = [item_id for item_id, item in zip(ids, picked) if item is None]
+        missing = [item_id for item_id, item in zip(ids, picked, strict=True) if item is None]
         if missing:
             raise KeyError(f"not live {table.design.code} items: {', '.join(missing)}")
         return picked  # type: ignore[return-value]
@@ -486,6 +487,7 @@ def _alloy_datetime(moment: datetime) -> str:
 # The demo dataset: a small fictional council
 # --------------------------------------------------------------------------------------------
 
+# fmt: off
 _STREET_NAMES = (
     "High Street", "Station Road", "Church Lane", "Mill Lane", "Victoria Road", "Park Avenue",
     "London Road", "Queen Street", "King's Road", "The Crescent", "Albert Road", "Manor Way",
@@ -494,7 +496,17 @@ _STREET_NAMES = (
     "Brook Street", "Cherry Tree Walk", "Priory Road", "Kingsway", "Water Lane", "Oak Drive",
 )
 _TOWNS = ("Ashford", "Maidstone", "Tonbridge", "Sevenoaks", "Dartford", "Faversham")
-_STATUSES = ("Open", "In Progress", "Closed")
+_STATUS_WEIGHTS = MappingProxyType({"Open": 35, "In Progress": 20, "Closed": 45})
+_ROAD_CLASS_WEIGHTS = MappingProxyType({"A Road": 2, "B Road": 3, "Unclassified": 10})
+_CONTAINER_TYPE_WEIGHTS = MappingProxyType(
+    {"240L Wheelie Bin": 10, "1100L Eurobin": 3, "660L Eurobin": 2, "Recycling Box": 4, "Food Caddy": 4}
+)
+_PRIORITY_WEIGHTS = MappingProxyType({"Low": 4, "Medium": 6, "High": 3, "Urgent": 1})
+_CONDITION_WEIGHTS = MappingProxyType({"Good": 5, "Fair": 4, "Poor": 2, "Blocked": 1})
+_JOB_TYPES = (
+    "Bin Delivery", "Bin Repair", "Bin Removal", "Missed Collection", "Bin Replacement", "Lid Replacement"
+)
+_SURFACES = ("Brick wall", "Bus shelter", "Shop shutter", "Bridge", "Road sign", "Telecom cabinet", "Bench")
 _JOB_NOTES: tuple[str | None, ...] = (
     None, None, None, None,
     "Bin left at kerbside after collection",
@@ -537,14 +549,17 @@ _GULLY_CREW_NOTES: tuple[str | None, ...] = (
     "Traffic management needed, busy junction",
     "Connection collapsed?\nCCTV survey booked",
 )
+# fmt: on
 
 
 def _pick(*choices: str | None) -> Sampler:
     return lambda rng: rng.choice(choices)
 
 
-def _weighted(choices: Sequence[str | None], weights: Sequence[int]) -> Sampler:
-    return lambda rng: rng.choices(choices, weights=weights)[0]
+def _weighted(weights: Mapping[str, int]) -> Sampler:
+    """Draw a key of `weights`, as often as its weight says (most jobs are not urgent)."""
+    choices, counts = list(weights), list(weights.values())
+    return lambda rng: rng.choices(choices, weights=counts)[0]
 
 
 def _reference(prefix: str) -> Sampler:
@@ -564,82 +579,69 @@ def _location(rng: random.Random) -> str:
     return f"{rng.randrange(1, 160)} {rng.choice(_STREET_NAMES)}, {rng.choice(_TOWNS)}"
 
 
+def _usrn(rng: random.Random) -> str:
+    return str(rng.randrange(10**7, 10**8))
+
+
+def _serial_number(rng: random.Random) -> str:
+    return f"SN{rng.getrandbits(32):08X}"
+
+
+def _depth_mm(rng: random.Random) -> str:
+    return str(rng.randrange(0, 300, 5))
+
+
+def _design(
+    code: str, name: str, attributes: Iterable[tuple[str, str, Sampler]], *links: LinkAttribute
+) -> Design:
+    return Design(code, name, tuple(Attribute(*attribute) for attribute in attributes), links)
+
+
 def _demo_designs() -> tuple[Design, ...]:
     """The five designs of the demo council, linked designs first so links can be sampled."""
     title = "attributes_itemsTitle"
-    street = Design(
-        "designs_street",
-        "Street",
-        (
-            Attribute(title, "Title", _pick(*_STREET_NAMES)),
-            Attribute("attributes_streetUsrn", "USRN", lambda rng: str(rng.randrange(10**7, 10**8))),
-            Attribute("attributes_streetTown", "Town", _pick(*_TOWNS)),
-            Attribute("attributes_streetRoadClass", "Road Class", _weighted(("A Road", "B Road", "Unclassified"), (2, 3, 10))),
-        ),
-    )
-    container = Design(
-        "designs_wasteContainer",
-        "Waste Container",
-        (
-            Attribute(title, "Title", _reference("WC")),
-            Attribute(
-                "attributes_wasteContainerType",
-                "Container Type",
-                _weighted(("240L Wheelie Bin", "1100L Eurobin", "660L Eurobin", "Recycling Box", "Food Caddy"), (10, 3, 2, 4, 4)),
-            ),
-            Attribute("attributes_wasteContainerSerialNumber", "Serial Number", lambda rng: f"SN{rng.getrandbits(32):08X}"),
-            Attribute("attributes_wasteContainerLocation", "Location", _location),
-            Attribute("attributes_wasteContainerInstalledDate", "Installed Date", _maybe(_date_2023, 5)),
-        ),
-    )
-    job = Design(
-        "designs_wasteContainerJob",
-        "Waste Container Job",
-        (
-            Attribute(title, "Title", _reference("WCJ")),
-            Attribute("attributes_jobStatus", "Status", _weighted(_STATUSES, (35, 20, 45))),
-            Attribute(
-                "attributes_jobType",
-                "Job Type",
-                _pick("Bin Delivery", "Bin Repair", "Bin Removal", "Missed Collection", "Bin Replacement", "Lid Replacement"),
-            ),
-            Attribute("attributes_jobPriority", "Priority", _weighted(("Low", "Medium", "High", "Urgent"), (4, 6, 3, 1))),
-            Attribute("attributes_jobRaisedDate", "Raised Date", _date_2023),
-            Attribute("attributes_jobNotes", "Notes", _pick(*_JOB_NOTES)),
-        ),
-        (LinkAttribute("attributes_jobAssignedContainer", "Assigned Container", container.code),),
-    )
-    graffiti = Design(
-        "designs_graffitiReport",
-        "Graffiti Report",
-        (
-            Attribute(title, "Title", _reference("GR")),
-            Attribute("attributes_graffitiStatus", "Status", _weighted(_STATUSES, (40, 15, 45))),
-            Attribute(
-                "attributes_graffitiSurface",
-                "Surface",
-                _pick("Brick wall", "Bus shelter", "Shop shutter", "Bridge", "Road sign", "Telecom cabinet", "Bench"),
-            ),
-            Attribute("attributes_graffitiOffensive", "Offensive?", _weighted(("Yes", "No"), (1, 5))),
-            Attribute("attributes_graffitiReportedDate", "Reported Date", _date_2023),
-            Attribute("attributes_graffitiDescription", "Description", _pick(*_GRAFFITI_DESCRIPTIONS)),
-        ),
-        (LinkAttribute("attributes_graffitiStreet", "Street", street.code),),
-    )
-    gully = Design(
-        "designs_gullyInspection",
-        "Gully Inspection",
-        (
-            Attribute(title, "Title", _reference("GI")),
-            Attribute("attributes_gullyInspectionDate", "Inspection Date", _date_2023),
-            Attribute("attributes_gullyStreet", "Street", _pick(*_STREET_NAMES)),
-            Attribute("attributes_gullyCondition", "Condition", _weighted(("Good", "Fair", "Poor", "Blocked"), (5, 4, 2, 1))),
-            Attribute("attributes_gullySiltDepth", "Depth (mm)", _maybe(lambda rng: str(rng.randrange(0, 300, 5)), 8)),
-            Attribute("attributes_gullyCleansed", "Cleansed?", _pick("Yes", "No")),
-            Attribute("attributes_gullyInspectorNotes", "Notes", _pick(*_GULLY_INSPECTOR_NOTES)),
-            Attribute("attributes_gullyCrewNotes", "Notes", _pick(*_GULLY_CREW_NOTES)),
-        ),
-    )
+    # fmt: off
+    street = _design("designs_street", "Street", [
+        (title, "Title", _pick(*_STREET_NAMES)),
+        ("attributes_streetUsrn", "USRN", _usrn),
+        ("attributes_streetTown", "Town", _pick(*_TOWNS)),
+        ("attributes_streetRoadClass", "Road Class", _weighted(_ROAD_CLASS_WEIGHTS)),
+    ])
+    container = _design("designs_wasteContainer", "Waste Container", [
+        (title, "Title", _reference("WC")),
+        ("attributes_wasteContainerType", "Container Type", _weighted(_CONTAINER_TYPE_WEIGHTS)),
+        ("attributes_wasteContainerSerialNumber", "Serial Number", _serial_number),
+        ("attributes_wasteContainerLocation", "Location", _location),
+        ("attributes_wasteContainerInstalledDate", "Installed Date", _maybe(_date_2023, 5)),
+    ])
+    job = _design("designs_wasteContainerJob", "Waste Container Job", [
+        (title, "Title", _reference("WCJ")),
+        ("attributes_jobStatus", "Status", _weighted(_STATUS_WEIGHTS)),
+        ("attributes_jobType", "Job Type", _pick(*_JOB_TYPES)),
+        ("attributes_jobPriority", "Priority", _weighted(_PRIORITY_WEIGHTS)),
+        ("attributes_jobRaisedDate", "Raised Date", _date_2023),
+        ("attributes_jobNotes", "Notes", _pick(*_JOB_NOTES)),
+    ], LinkAttribute("attributes_jobAssignedContainer", "Assigned Container", container.code))
+    graffiti = _design("designs_graffitiReport", "Graffiti Report", [
+        (title, "Title", _reference("GR")),
+        ("attributes_graffitiStatus", "Status", _weighted(_STATUS_WEIGHTS)),
+        ("attributes_graffitiSurface", "Surface", _pick(*_SURFACES)),
+        ("attributes_graffitiOffensive", "Offensive?", _weighted({"Yes": 1, "No": 5})),
+        ("attributes_graffitiReportedDate", "Reported Date", _date_2023),
+        ("attributes_graffitiDescription", "Description", _pick(*_GRAFFITI_DESCRIPTIONS)),
+    ], LinkAttribute("attributes_graffitiStreet", "Street", street.code))
+    gully = _design("designs_gullyInspection", "Gully Inspection", [
+        (title, "Title", _reference("GI")),
+        ("attributes_gullyInspectionDate", "Inspection Date", _date_2023),
+        ("attributes_gullyStreet", "Street", _pick(*_STREET_NAMES)),
+        ("attributes_gullyCondition", "Condition", _weighted(_CONDITION_WEIGHTS)),
+        ("attributes_gullySiltDepth", "Depth (mm)", _maybe(_depth_mm, 8)),
+        ("attributes_gullyCleansed", "Cleansed?", _pick("Yes", "No")),
+        # Two attributes share the display name "Notes": Name-header exports repeat the header.
+        ("attributes_gullyInspectorNotes", "Notes", _pick(*_GULLY_INSPECTOR_NOTES)),
+        ("attributes_gullyCrewNotes", "Notes", _pick(*_GULLY_CREW_NOTES)),
+    ])
+    # fmt: on
     return street, container, job, graffiti, gully
 
 
@@ -675,10 +677,9 @@ def demo_dataset(seed: int = 7) -> Dataset:
 
 SYNTHETIC_ROOT = "designs_syntheticRecord"
 _SYNTHETIC_FIELDS = 12
-_SYNTHETIC_WORDS = (
-    "amber", "basin", "cedar", "delta", "ember", "fjord", "grove", "harbour", "inlet", "juniper",
-    "kestrel", "larch", "meadow", "nettle", "orchard", "pebble", "quarry", "rowan", "spinney",
-    "thistle", "upland", "verge", "willow", "yarrow", "zephyr",
+_SYNTHETIC_WORDS = tuple(
+    "amber basin cedar delta ember fjord grove harbour inlet juniper kestrel larch meadow nettle "
+    "orchard pebble quarry rowan spinney thistle upland verge willow yarrow zephyr".split()
 )
 # Prime pool sizes: stepping through a pool by any stride visits every value, and columns with
 # different sizes don't repeat together, so rows stay varied (and compress realistically).
@@ -718,9 +719,10 @@ def _generated_table(
     """A table of `count` items computed from their index: value pools stepped through by
     per-attribute strides, and `link_for(link position, index)` for the links."""
     pools = [_value_pool(rng, _POOL_SIZES[n % len(_POOL_SIZES)]) for n in range(n_attributes)]
+    codes = _synthetic_codes(code, n_attributes)
     attributes = tuple(
         Attribute(attribute_code, f"Field {n:02d}" if n else "Title", _pick(*pool))
-        for n, (attribute_code, pool) in enumerate(zip(_synthetic_codes(code, n_attributes), pools))
+        for n, (attribute_code, pool) in enumerate(zip(codes, pools, strict=True))
     )
     columns = [(pool, len(pool), rng.randrange(1, len(pool)), rng.randrange(len(pool))) for pool in pools]
     edited_offset = rng.randrange(_SECONDS_PER_YEAR)
@@ -757,7 +759,9 @@ def synthetic_dataset(n_items: int, seed: int = 1) -> Dataset:
             return (site.id_for(index * 40503 % n_linked),)
         return () if index % 11 == 0 else (owner.id_for((index * 69069 + 1) % n_linked),)
 
-    root = _generated_table(SYNTHETIC_ROOT, "Synthetic Record", _SYNTHETIC_FIELDS, n_items, rng, links, link_for)
+    root = _generated_table(
+        SYNTHETIC_ROOT, "Synthetic Record", _SYNTHETIC_FIELDS, n_items, rng, links, link_for
+    )
     return Dataset((site, owner, root), seed=seed)
 
 
@@ -796,7 +800,7 @@ def synthetic_request(
 # --------------------------------------------------------------------------------------------
 
 
-class InvalidRequest(ValueError):
+class BadRequestError(ValueError):
     """A request that Alloy would answer with HTTP 400; the message says what is wrong."""
 
 
@@ -861,15 +865,15 @@ def _plan_export(designs: Mapping[str, Design], raw: Any) -> _Plan:
     try:
         body = _ExportBody.model_validate(raw)
     except ValidationError as error:
-        raise InvalidRequest(
+        raise BadRequestError(
             "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors())
         ) from None
     properties = body.aqs.properties
     design = designs.get(properties.dodi_code)
     if design is None:
-        raise InvalidRequest(f"unknown design {properties.dodi_code!r}")
+        raise BadRequestError(f"unknown design {properties.dodi_code!r}")
     if body.aqs.type == "Query" and properties.join_attributes:
-        raise InvalidRequest("a Query takes no joinAttributes; use a Join")
+        raise BadRequestError("a Query takes no joinAttributes; use a Join")
     positions = tuple(_attribute_position(design, code) for code in properties.attributes)
     return _Plan(
         file_name=body.file_name,
@@ -886,7 +890,7 @@ def _attribute_position(design: Design, code: str) -> int:
     try:
         return design.attribute_position(code)
     except KeyError as error:
-        raise InvalidRequest(error.args[0]) from None
+        raise BadRequestError(error.args[0]) from None
 
 
 def _plan_joins(designs: Mapping[str, Design], root: Design, paths: Sequence[str]) -> tuple[_Join, ...]:
@@ -895,7 +899,7 @@ def _plan_joins(designs: Mapping[str, Design], root: Design, paths: Sequence[str
     for path in paths:
         parts = path.split(".")
         if len(parts) != 4 or parts[0] != "root":
-            raise InvalidRequest(
+            raise BadRequestError(
                 f"join attribute {path!r} is not root.<link attribute>.<design>.<attribute> "
                 "(the simulator joins one level deep)"
             )
@@ -905,10 +909,10 @@ def _plan_joins(designs: Mapping[str, Design], root: Design, paths: Sequence[str
         try:
             link_position = root.link_position(link_code)
         except KeyError as error:
-            raise InvalidRequest(error.args[0]) from None
+            raise BadRequestError(error.args[0]) from None
         link = root.links[link_position]
         if link.target != design_code:
-            raise InvalidRequest(f"{root.code}.{link_code} links to {link.target}, not {design_code}")
+            raise BadRequestError(f"{root.code}.{link_code} links to {link.target}, not {design_code}")
         target = designs[design_code]
         positions = tuple(_attribute_position(target, code) for code in codes)
         attributes = tuple(target.attributes[p] for p in positions)
@@ -920,10 +924,10 @@ def _compile(node: Any, design: Design) -> Predicate:
     """Turn an AQS filter node into a predicate on root items; anything else is a 400."""
     kind = node.get("type") if isinstance(node, dict) else None
     if kind not in ("And", "Equals", "GreaterThan"):
-        raise InvalidRequest(f"filter node {kind or node!r} is not supported by the simulator")
+        raise BadRequestError(f"filter node {kind or node!r} is not supported by the simulator")
     children = node.get("children")
     if not isinstance(children, list) or not children:
-        raise InvalidRequest(f"a {kind} node needs a non-empty list of children")
+        raise BadRequestError(f"a {kind} node needs a non-empty list of children")
     if kind == "And":
         parts = [_compile(child, design) for child in children]
         return lambda item: all(part(item) for part in parts)
@@ -934,7 +938,7 @@ def _compile(node: Any, design: Design) -> Predicate:
         return lambda item: item.values[position] in wanted
     item_property, values = _operands(children, "ItemProperty", "DateTime")
     if _text(item_property, "itemPropertyName") != "lastEditDate" or len(values) != 1:
-        raise InvalidRequest("GreaterThan is simulated on lastEditDate against one DateTime value")
+        raise BadRequestError("GreaterThan is simulated on lastEditDate against one DateTime value")
     moment = _parse_alloy_datetime(values[0])
     return lambda item: item.last_edit_date > moment
 
@@ -943,30 +947,30 @@ def _operands(children: list[Any], left: str, right: str) -> tuple[dict[str, Any
     """The properties of the `left` child and the string values of the `right` child."""
     types = [child.get("type") if isinstance(child, dict) else None for child in children]
     if types != [left, right]:
-        raise InvalidRequest(f"expected children of types [{left}, {right}], got {types}")
+        raise BadRequestError(f"expected children of types [{left}, {right}], got {types}")
     left_properties, right_properties = (child.get("properties") for child in children)
     values = right_properties.get("value") if isinstance(right_properties, dict) else None
     if not isinstance(left_properties, dict):
-        raise InvalidRequest(f"the {left} node needs properties")
+        raise BadRequestError(f"the {left} node needs properties")
     if not isinstance(values, list) or not values or not all(isinstance(value, str) for value in values):
-        raise InvalidRequest(f"the {right} node needs a non-empty list of string values")
+        raise BadRequestError(f"the {right} node needs a non-empty list of string values")
     return left_properties, values
 
 
 def _text(properties: dict[str, Any], key: str) -> str:
     value = properties.get(key)
     if not isinstance(value, str):
-        raise InvalidRequest(f"missing string property {key!r}")
+        raise BadRequestError(f"missing string property {key!r}")
     return value
 
 
 def _parse_alloy_datetime(text: str) -> datetime:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", text):
-        raise InvalidRequest(f"DateTime {text!r} is not UTC YYYY-MM-DDTHH:MM:SS.mmmZ")
+        raise BadRequestError(f"DateTime {text!r} is not UTC YYYY-MM-DDTHH:MM:SS.mmmZ")
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     except ValueError:
-        raise InvalidRequest(f"DateTime {text!r} is not a valid date") from None
+        raise BadRequestError(f"DateTime {text!r} is not a valid date") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -992,10 +996,9 @@ def _write_export(dataset: Dataset, plan: _Plan, archive: Path, *, bom: bool) ->
             with _csv_member(zipped, f"JoinedDesign_{join.design.name}_{join.number}.csv", bom=bom) as writer:
                 writer.writerow(_joined_header(plan, join))
                 for item in _kept(dataset, plan):
+                    trail = [join.path, plan.file_name, item.id, item.id]
                     for linked in _linked(dataset, join, item):
-                        writer.writerow(
-                            [linked.id, *_cells(linked, join.positions), join.path, plan.file_name, item.id, item.id]
-                        )
+                        writer.writerow([linked.id, *_cells(linked, join.positions), *trail])
     return rows
 
 
@@ -1278,8 +1281,7 @@ class AlloySimulator:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the simulator is not running; call start()")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._address[0]}:{self._server.server_port}"
 
     @property
     def dataset(self) -> Dataset:
@@ -1303,13 +1305,15 @@ class AlloySimulator:
         parts = urlsplit(target)
         endpoint, allowed, argument = _route(parts.path)
         with self._lock:
-            self._requests.append(RecordedRequest(method, parts.path, parts.query, headers, _json_or_none(body)))
+            recorded = RecordedRequest(method, parts.path, parts.query, headers, _json_or_none(body))
+            self._requests.append(recorded)
             remaining, reset = self._rate.hit()
             fault = self._take_fault(_REQUEST_FAULTS, endpoint or "unrouted")
+        reset_header = str(math.ceil(reset))
         if fault is not None:
             reply = _fault_reply(fault)
         elif remaining < 0:
-            reply = _error(429, "TooManyRequests", "rate limit exceeded", {"Retry-After": str(math.ceil(reset))})
+            reply = _error(429, "TooManyRequests", "rate limit exceeded", {"Retry-After": reset_header})
         elif not self._authorised(headers):
             reply = _error(401, "Unauthorised", "send the API key as 'Authorization: Bearer <key>'")
         elif endpoint is None:
@@ -1318,7 +1322,7 @@ class AlloySimulator:
             reply = _error(405, "MethodNotAllowed", f"use {allowed}")
         else:
             reply = self._call(endpoint, argument, body)
-        rate_headers = {"X-Rate-Limit-Remaining": str(max(0, remaining)), "X-Rate-Limit-Reset": str(math.ceil(reset))}
+        rate_headers = {"X-Rate-Limit-Remaining": str(max(0, remaining)), "X-Rate-Limit-Reset": reset_header}
         return dataclasses.replace(reply, headers={**rate_headers, **reply.headers})
 
     def _authorised(self, headers: Mapping[str, str]) -> bool:
@@ -1341,7 +1345,7 @@ class AlloySimulator:
             return _error(400, "InvalidRequest", "the body must be a JSON export request")
         try:
             plan = _plan_export(self._dataset.designs, raw)
-        except InvalidRequest as error:
+        except BadRequestError as error:
             return _error(400, "InvalidRequest", str(error))
         assert self._workdir is not None
         task_id = _object_id()
@@ -1358,7 +1362,7 @@ class AlloySimulator:
                 rows=rows,
                 started=time.monotonic(),
                 seconds=slow.seconds if slow else self._task_seconds,
-                outcome="Failed" if ending and ending.kind == "failed_task" else "Deleted" if ending else "Complete",
+                outcome=_outcome(ending),
                 error=ending.message if ending else None,
                 corrupt=self._take_fault(("corrupt_zip",)) is not None,
             )
@@ -1414,6 +1418,12 @@ class AlloySimulator:
                 self._faults.remove(pending)
             return fault
         return None
+
+
+def _outcome(ending: Fault | None) -> Literal["Complete", "Failed", "Deleted"]:
+    if ending is None:
+        return "Complete"
+    return "Failed" if ending.kind == "failed_task" else "Deleted"
 
 
 def _fault_reply(fault: Fault) -> _Reply:
@@ -1490,7 +1500,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve the demo dataset in the foreground until Ctrl-C."""
+    """Serve the demo dataset in the foreground until Ctrl-C or SIGTERM."""
     parser = argparse.ArgumentParser(description="Run the local Alloy API simulator (demo dataset).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
@@ -1507,12 +1517,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         task_seconds=args.task_seconds,
         bom=args.bom,
     )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())  # clean up temp files on kill
     with simulator:
         print(f"Alloy simulator serving the demo dataset at {simulator.url} (Ctrl-C to stop)", flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+        with suppress(KeyboardInterrupt):
+            stopped.wait()
 
 
 if __name__ == "__main__":

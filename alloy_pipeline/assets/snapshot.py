@@ -293,6 +293,13 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
                 tables=tables,
             )
             checks = _check_results(written, manifest, plan.previous, counts)
+            unique = next(check for check in checks if check.check_name == "unique_item_id")
+            if not unique.passed:
+                yield from checks
+                raise SnapshotError(
+                    f"query {query.slug}, partition {day.key}: {unique.metadata['duplicated_keys']} item ids "
+                    "appear more than once in the main table; the snapshot was not written (check unique_item_id)"
+                )
             lake.commit_snapshot(
                 manifest, {f"{staging}/{table}": lake.snapshot_table_dir(query.slug, table, day) for table in tables}
             )

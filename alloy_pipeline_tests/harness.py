@@ -1,0 +1,129 @@
+"""A small driver for end-to-end tests: the real assets, configured resources, one instance."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame, SparkSession
+
+from alloy_pipeline.alloy.client import AlloyApi
+from alloy_pipeline.alloy.simulator import AlloySimulator
+from alloy_pipeline.aqs import load_queries
+from alloy_pipeline.definitions import build_query_definitions, daily_partitions
+from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest
+from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.naming import raw_key
+
+REPO = Path(__file__).resolve().parents[1]
+API_KEY = "e2e-secret-key"
+RUN_TIME_COLUMNS = ("import_datetime", "import_timestamp")
+
+
+@dataclass
+class Pipeline:
+    """The pipeline as a user runs it, over a private lake and AQS folder."""
+
+    simulator: AlloySimulator
+    spark: SparkSession
+    instance: dg.DagsterInstance
+    root: Path
+    mapping_location: str
+
+    @property
+    def aqs_dir(self) -> Path:
+        return self.root / "aqs"
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(raw_zone=str(self.root / "raw-zone"), refined_zone=str(self.root / "refined-zone"))
+
+    @classmethod
+    def create(
+        cls,
+        simulator: AlloySimulator,
+        spark: SparkSession,
+        instance: dg.DagsterInstance,
+        root: Path,
+        queries: list[str],
+        mapping_location: str | None = None,
+    ) -> Pipeline:
+        (root / "aqs").mkdir(parents=True)
+        for name in queries:
+            shutil.copy(REPO / "aqs_queries" / f"{name}.json", root / "aqs")
+        return cls(simulator, spark, instance, root, mapping_location or str(root / "mappings"))
+
+    def resources(self) -> dict[str, object]:
+        return {
+            "alloy": AlloyApi(base_url=self.simulator.url, api_key=API_KEY, poll_initial_seconds=0.05),
+            "lake": self.lake,
+            "mappings": MappingFiles(location=self.mapping_location),
+            "pyspark": PySparkResource(spark_config={}),
+        }
+
+    def assets(self) -> list[dg.AssetsDefinition]:
+        """Built from the AQS folder as it is now, as the code location would on reload."""
+        partitions = daily_partitions("2024-01-01")
+        return [
+            asset
+            for query in load_queries(self.aqs_dir)
+            for asset in build_query_definitions(query, partitions).assets or ()
+        ]
+
+    def run(
+        self, day: str, *, group: str | None = None, full_refresh: bool = False, raise_on_error: bool = True
+    ) -> dg.ExecuteInProcessResult:
+        assets = self.assets()
+        run_config = (
+            {"ops": {raw_key(query.slug).to_python_identifier(): {"config": {"full_refresh": True}}
+                     for query in load_queries(self.aqs_dir)}}
+            if full_refresh
+            else None
+        )
+        return dg.materialize(
+            assets,
+            selection=dg.AssetSelection.groups(group) if group else None,
+            resources=self.resources(),
+            partition_key=day,
+            run_config=run_config,
+            instance=self.instance,
+            raise_on_error=raise_on_error,
+        )
+
+    def raw_manifest(self, query: str, day: str) -> RawManifest | None:
+        return next((m for m in self.lake.raw_manifests(query) if m.day.isoformat() == day), None)
+
+    def snapshot_manifest(self, query: str, day: str) -> SnapshotManifest | None:
+        return next((m for m in self.lake.snapshot_manifests(query) if m.day.isoformat() == day), None)
+
+    def raw_table(self, query: str, table: str, day: str) -> DataFrame:
+        manifest = self.raw_manifest(query, day)
+        assert manifest is not None, f"no raw partition {day} of {query}"
+        return self.spark.read.parquet(manifest.tables[table].path)
+
+    def snapshot_table(self, query: str, table: str, day: str) -> DataFrame:
+        manifest = self.snapshot_manifest(query, day)
+        assert manifest is not None, f"no snapshot partition {day} of {query}"
+        return self.spark.read.parquet(manifest.tables[table].path)
+
+
+def rows_of(frame: DataFrame, drop: tuple[str, ...] = ()) -> list[tuple]:
+    """The frame's rows as sorted tuples of strings, for exact comparisons."""
+    kept = [column for column in frame.columns if column not in drop]
+    return sorted(tuple("<null>" if value is None else str(value) for value in row) for row in frame.select(*kept).collect())
+
+
+def failure_text(result: dg.ExecuteInProcessResult, step_key_part: str = "") -> str:
+    """Every failed step's error, causes included, as one text to search."""
+    texts = []
+    for event in result.get_step_failure_events():
+        if step_key_part not in event.step_key:
+            continue
+        error = event.step_failure_data.error
+        while error is not None:
+            texts.append(error.message)
+            error = error.cause
+    return "\n".join(texts)

@@ -1,0 +1,134 @@
+"""Raw-extract assets end to end: simulator over HTTP, real Spark, a lake in a temporary folder."""
+
+import csv
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from alloy_pipeline.alloy.simulator import AlloySimulator, Fault, demo_dataset
+from alloy_pipeline.naming import raw_key
+from alloy_pipeline_tests.harness import API_KEY, RUN_TIME_COLUMNS, Pipeline, failure_text, rows_of
+
+GRAFFITI = "designs_graffitiReport"
+STATUS = "attributes_graffitiStatus"
+
+
+def exports_sent(simulator: AlloySimulator) -> list[dict]:
+    return [seen.body for seen in simulator.requests if seen.method == "POST" and seen.path == "/api/export"]
+
+
+def open_graffiti(simulator: AlloySimulator) -> set[str]:
+    dataset = simulator.dataset
+    return {item.id for item in dataset.items(GRAFFITI) if dataset.value(item.id, STATUS) == "Open"}
+
+
+def test_full_then_incremental_keeping_the_query_filter(pipeline: Pipeline) -> None:
+    simulator = pipeline.simulator
+    first = pipeline.run("2024-03-01", group="alloy_raw")
+    day1 = pipeline.raw_manifest("graffiti_reports", "2024-03-01")
+    assert day1 is not None and day1.kind == "full" and day1.watermark is None
+    main = pipeline.raw_table("graffiti_reports", "graffiti_reports", "2024-03-01")
+    assert {row.item_id for row in main.select("item_id").collect()} == open_graffiti(simulator)
+    [full_body] = [body for body in exports_sent(simulator) if body["fileName"] == "Graffiti Reports.csv"]
+    assert full_body["aqs"]["children"][0]["type"] == "Equals"
+
+    edited = sorted(open_graffiti(simulator))[:2]
+    for item_id in edited:
+        simulator.dataset.set_value(item_id, "attributes_graffitiDescription", "Repainted, then tagged again")
+    pipeline.run("2024-03-02", group="alloy_raw")
+
+    day2 = pipeline.raw_manifest("graffiti_reports", "2024-03-02")
+    assert day2 is not None and day2.kind == "incremental"
+    assert day2.watermark == day1.requested_at - dt.timedelta(hours=1)
+    incremental_body = [body for body in exports_sent(simulator) if body["fileName"] == "Graffiti Reports.csv"][-1]
+    [combined] = incremental_body["aqs"]["children"]
+    assert combined["type"] == "And"
+    assert combined["children"][0] == full_body["aqs"]["children"][0], "the query's own filter is kept"
+    assert combined["children"][1]["type"] == "GreaterThan"
+    assert combined["children"][1]["children"][1]["properties"]["value"] == [
+        day2.watermark.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{day2.watermark.microsecond // 1000:03d}Z"
+    ]
+    changed = pipeline.raw_table("graffiti_reports", "graffiti_reports", "2024-03-02")
+    assert sorted(row.item_id for row in changed.select("item_id").collect()) == edited
+    assert {row.import_date for row in changed.select("import_date").collect()} == {"20240302"}
+    assert set(changed.columns) >= {"import_year", "import_month", "import_day", "import_datetime", "import_timestamp"}
+
+    materialization = first.asset_materializations_for_node(raw_key("graffiti_reports").to_python_identifier())[0]
+    assert materialization.metadata["dagster/row_count"].value == day1.tables["graffiti_reports"].rows
+    assert materialization.metadata["extract_kind"].value == "full"
+    assert materialization.metadata["task_id"].value == day1.task_id
+    for body in exports_sent(simulator):
+        assert API_KEY not in str(body)
+
+
+def test_csv_landed_as_received_and_parquet_matches_it(spark, instance, tmp_path: Path) -> None:
+    with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, bom=True) as simulator:
+        pipeline = Pipeline.create(simulator, spark, instance, tmp_path, ["Gully Inspections", "DW Container Job"])
+        pipeline.run("2024-03-01", group="alloy_raw")
+    landing = tmp_path / "raw-zone/env-services/alloy/alloy_api_downloads/dw_container_job"
+    landed = landing / "import_year=2024/import_month=03/import_day=01/import_date=20240301"
+    assert sorted(path.name for path in landed.iterdir()) == [
+        "DW Container Job.csv",
+        "JoinedDesign_Waste Container_1.csv",
+    ]
+    assert (landed / "DW Container Job.csv").read_bytes().startswith(b"\xef\xbb\xbf"), "kept as received"
+    with (landed / "DW Container Job.csv").open(newline="", encoding="utf-8-sig") as handle:
+        header, *records = list(csv.reader(handle))
+    expected = sorted(tuple("<null>" if cell == "" else cell for cell in record) for record in records)
+    frame = pipeline.raw_table("dw_container_job", "dw_container_job", "2024-03-01")
+    assert frame.columns[:2] == ["item_id", "title"]
+    assert rows_of(frame.select(*frame.columns[: len(header)])) == expected
+    cells = [cell for record in records for cell in record]
+    for special in ("\n", '"', ","):
+        assert any(special in cell for cell in cells), f"the demo data has cells with {special!r}"
+
+    gully = pipeline.raw_table("gully_inspections", "gully_inspections", "2024-03-01")
+    assert gully.columns[:9] == [
+        "item_id", "title", "inspection_date", "street", "condition", "depth_mm", "cleansed", "notes7", "notes8",
+    ]
+    assert all(dtype == "string" for name, dtype in gully.dtypes if name != "import_timestamp")
+
+
+def test_rematerialising_a_day_replaces_it_with_identical_data(pipeline: Pipeline) -> None:
+    pipeline.run("2024-03-01", group="alloy_raw")
+    before = rows_of(pipeline.raw_table("dw_container_job", "waste_container_1", "2024-03-01"), RUN_TIME_COLUMNS)
+    first_task = pipeline.raw_manifest("dw_container_job", "2024-03-01").task_id
+    pipeline.run("2024-03-01", group="alloy_raw")
+    again = pipeline.raw_manifest("dw_container_job", "2024-03-01")
+    assert again.task_id != first_task and again.kind == "full"
+    assert rows_of(pipeline.raw_table("dw_container_job", "waste_container_1", "2024-03-01"), RUN_TIME_COLUMNS) == before
+    partitions = pipeline.root / "raw-zone/env-services/alloy/parquet_files/dw_container_job/waste_container_1"
+    assert [path.name for path in partitions.glob("*/*/*/*")] == ["import_date=20240301"]
+    assert not (pipeline.root / "raw-zone/env-services/alloy/_staging").exists() or not any(
+        (pipeline.root / "raw-zone/env-services/alloy/_staging").rglob("*.parquet")
+    )
+
+
+def test_failed_task_leaves_no_partition_and_keeps_the_previous_version(pipeline: Pipeline) -> None:
+    pipeline.run("2024-03-01", group="alloy_raw")
+    kept = pipeline.raw_manifest("gully_inspections", "2024-03-01")
+    pipeline.simulator.inject(Fault(kind="failed_task", message="Query timed out in Alloy", times=10))
+
+    result = pipeline.run("2024-03-02", group="alloy_raw", raise_on_error=False)
+    assert not result.success
+    failure = failure_text(result)
+    assert "Query timed out in Alloy" in failure and "ended Failed" in failure
+    assert pipeline.raw_manifest("gully_inspections", "2024-03-02") is None
+    assert not list((pipeline.root / "raw-zone").rglob("import_date=20240302"))
+
+    assert not pipeline.run("2024-03-01", group="alloy_raw", raise_on_error=False).success
+    assert pipeline.raw_manifest("gully_inspections", "2024-03-01") == kept
+    assert pipeline.raw_table("gully_inspections", "gully_inspections", "2024-03-01").count() == kept.tables[
+        "gully_inspections"
+    ].rows
+
+
+def test_full_refresh_config_forces_a_full_extract(pipeline: Pipeline) -> None:
+    pipeline.run("2024-03-01", group="alloy_raw")
+    pipeline.run("2024-03-02", group="alloy_raw", full_refresh=True)
+    day2 = pipeline.raw_manifest("gully_inspections", "2024-03-02")
+    assert day2.kind == "full" and day2.watermark is None
+    assert day2.tables["gully_inspections"].rows == pipeline.simulator.dataset.count("designs_gullyInspection")

@@ -1,0 +1,242 @@
+"""Snapshot assets end to end: simulator over HTTP, mapping files on moto's S3 server, real Spark."""
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from alloy_pipeline.naming import snapshot_key
+from alloy_pipeline_tests.harness import Pipeline, failure_text, rows_of
+
+JOBS = "designs_wasteContainerJob"
+CONTAINERS = "designs_wasteContainer"
+LINK = "attributes_jobAssignedContainer"
+QUERY = "dw_container_job"
+JOINED = "waste_container_1"
+DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket; the mapping resource finds moto only through AWS_ENDPOINT_URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    name = f"council-lake-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    return name
+
+
+@pytest.fixture
+def jobs(simulator, spark, instance, tmp_path: Path, bucket: str) -> Pipeline:
+    return Pipeline.create(
+        simulator, spark, instance, tmp_path, ["DW Container Job"], mapping_location=f"s3://{bucket}/mapping-files/"
+    )
+
+
+def put_mapping(bucket: str, table: str, body: object) -> None:
+    text = body if isinstance(body, str) else json.dumps(body)
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"mapping-files/{QUERY}_{table}.json", Body=text.encode())
+
+
+def snapshot_metadata(result, query: str = QUERY) -> dict:
+    [materialization] = result.asset_materializations_for_node(snapshot_key(query).to_python_identifier())
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def checks(result) -> dict[str, bool]:
+    return {evaluation.check_name: evaluation.passed for evaluation in result.get_asset_check_evaluations()}
+
+
+def truth(pipeline: Pipeline) -> tuple[set[str], set[tuple[str, str]]]:
+    """What Alloy holds now: job ids, and (container, job) links."""
+    dataset = pipeline.simulator.dataset
+    job_ids = set(dataset.ids(JOBS))
+    links = {(container, job) for job in job_ids for container in dataset.linked_ids(job, LINK)}
+    return job_ids, links
+
+
+def stored(pipeline: Pipeline, day: str) -> tuple[set[str], set[tuple[str, str]]]:
+    main = pipeline.snapshot_table(QUERY, QUERY, day)
+    joined = pipeline.snapshot_table(QUERY, JOINED, day)
+    ids = [row.item_id for row in main.select("item_id").collect()]
+    assert len(ids) == len(set(ids))
+    return set(ids), {(row.item_id, row.primary_item) for row in joined.select("item_id", "primary_item").collect()}
+
+
+def test_full_day_then_edits_inserts_and_link_changes(jobs: Pipeline) -> None:
+    first = jobs.run(DAYS[0])
+    assert stored(jobs, DAYS[0]) == truth(jobs)
+    assert snapshot_metadata(first)["inserted"] == jobs.simulator.dataset.count(JOBS)
+    assert all(checks(first).values())
+
+    dataset = jobs.simulator.dataset
+    cleared, moved, edited = dataset.ids(JOBS)[:3]
+    assert dataset.linked_ids(cleared, LINK), "the job had a container to lose"
+    dataset.relink(cleared, LINK, [])
+    new_container = next(c for c in dataset.ids(CONTAINERS) if c not in dataset.linked_ids(moved, LINK))
+    dataset.relink(moved, LINK, [new_container])
+    dataset.set_value(edited, "attributes_jobNotes", 'Bin "B12" moved, lid broken\nreturn Tuesday')
+    inserted = dataset.insert(JOBS, 2)
+
+    second = jobs.run(DAYS[1])
+    assert stored(jobs, DAYS[1]) == truth(jobs)
+    joined = jobs.snapshot_table(QUERY, JOINED, DAYS[1])
+    assert joined.where(f"primary_item = '{cleared}'").count() == 0
+    assert {row.item_id for row in joined.where(f"primary_item = '{moved}'").collect()} == {new_container}
+    notes = jobs.snapshot_table(QUERY, QUERY, DAYS[1]).where(f"item_id = '{edited}'").first().notes
+    assert notes == 'Bin "B12" moved, lid broken\nreturn Tuesday'
+    metadata = snapshot_metadata(second)
+    assert (metadata["inserted"], metadata["replaced"]) == (len(inserted), 3)
+    assert metadata["carried_forward"] == dataset.count(JOBS) - len(inserted) - 3
+    assert metadata["dagster/row_count"] == dataset.count(JOBS)
+    assert metadata["raw_partitions"] == [DAYS[1]] and metadata["base_snapshot"] == DAYS[0]
+    assert [column.name for column in metadata["dagster/column_schema"].columns][-4:] == [
+        "snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date",
+    ]
+    assert all(checks(second).values())
+
+
+def test_empty_extract_and_missing_raw_day_carry_the_snapshot_forward(jobs: Pipeline) -> None:
+    jobs.run(DAYS[0])
+    result = jobs.run(DAYS[1])
+    assert jobs.raw_manifest(QUERY, DAYS[1]).tables[QUERY].rows == 0
+    assert snapshot_metadata(result)["inserted"] == 0
+    drop = ("snapshot_day", "snapshot_date")
+    day1 = rows_of(jobs.snapshot_table(QUERY, QUERY, DAYS[0]), drop)
+    assert rows_of(jobs.snapshot_table(QUERY, QUERY, DAYS[1]), drop) == day1
+
+    jobs.run(DAYS[2], group="alloy_snapshot")
+    assert jobs.raw_manifest(QUERY, DAYS[2]) is None
+    assert rows_of(jobs.snapshot_table(QUERY, QUERY, DAYS[2]), drop) == day1
+    assert {row.snapshot_date for row in jobs.snapshot_table(QUERY, QUERY, DAYS[2]).collect()} == {"20240303"}
+
+
+def test_a_new_column_is_added_and_reported_as_drift(jobs: Pipeline) -> None:
+    jobs.run(DAYS[0])
+    aqs_file = jobs.aqs_dir / "DW Container Job.json"
+    request = json.loads(aqs_file.read_text())
+    request["aqs"]["properties"]["joinAttributes"].append(
+        "root.attributes_jobAssignedContainer.designs_wasteContainer.attributes_wasteContainerSerialNumber"
+    )
+    aqs_file.write_text(json.dumps(request))
+    edited = set(jobs.simulator.dataset.edit(JOBS, 4))
+
+    result = jobs.run(DAYS[1])
+    main_column = "root_assigned_container_waste_container_serial_number"
+    snapshot = jobs.snapshot_table(QUERY, QUERY, DAYS[1])
+    joined = jobs.snapshot_table(QUERY, JOINED, DAYS[1])
+    assert snapshot.count() == jobs.simulator.dataset.count(JOBS)
+    assert {row.item_id for row in snapshot.where(f"{main_column} is not null").collect()} <= edited
+    assert {row.primary_item for row in joined.where("serial_number is not null").collect()} <= edited
+    assert joined.where("serial_number is not null").count() > 0
+    drift = next(e for e in result.get_asset_check_evaluations() if e.check_name == "schema_drift")
+    assert not drift.passed and drift.severity.value == "WARN"
+    assert drift.metadata["changes"].value == {
+        QUERY: {"added": [main_column], "removed": []},
+        JOINED: {"added": ["serial_number"], "removed": []},
+    }
+
+
+def test_mapping_from_s3_and_a_mapping_change_between_days(jobs: Pipeline, bucket: str) -> None:
+    put_mapping(bucket, QUERY, {"title": "job_title", "not_a_column": "ignored"})
+    put_mapping(bucket, JOINED, {"title": "container_title"})
+    first = jobs.run(DAYS[0])
+    day1 = jobs.snapshot_table(QUERY, QUERY, DAYS[0])
+    assert "job_title" in day1.columns and "title" not in day1.columns and "ignored" not in day1.columns
+    assert "container_title" in jobs.snapshot_table(QUERY, JOINED, DAYS[0]).columns
+    assert snapshot_metadata(first)["mappings"][QUERY] == f"s3://{bucket}/mapping-files/{QUERY}_{QUERY}.json"
+
+    edited = jobs.simulator.dataset.edit(JOBS, 3)
+    put_mapping(bucket, QUERY, {"title": "job_name", "notes": "job_notes"})
+    jobs.run(DAYS[1])
+    day2 = jobs.snapshot_table(QUERY, QUERY, DAYS[1])
+    assert {"job_name", "job_notes"} <= set(day2.columns)
+    assert not {"title", "job_title", "notes"} & set(day2.columns)
+    assert day2.count() == jobs.simulator.dataset.count(JOBS)
+    assert day2.where("job_name is null").count() == 0, "carried-forward rows were renamed, not unioned apart"
+    titles = {row.item_id: row.job_name for row in day2.collect()}
+    for item_id in edited:
+        assert titles[item_id] == jobs.simulator.dataset.value(item_id, "attributes_itemsTitle")
+    assert jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].renames == {"title": "job_name", "notes": "job_notes"}
+
+
+def test_weekly_full_refresh_drops_items_deleted_upstream(jobs: Pipeline) -> None:
+    jobs.run(DAYS[0])
+    deleted = set(jobs.simulator.dataset.delete(JOBS, 3))
+    jobs.run(DAYS[1])
+    assert deleted <= stored(jobs, DAYS[1])[0], "an incremental export cannot see deletions"
+    result = jobs.run(DAYS[2], full_refresh=True)
+    assert jobs.raw_manifest(QUERY, DAYS[2]).kind == "full"
+    ids, links = stored(jobs, DAYS[2])
+    assert not deleted & ids
+    assert (ids, links) == truth(jobs)
+    assert snapshot_metadata(result)["removed"] == 3
+    assert all(checks(result).values())
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [("[1, 2]", "JSON object of strings"), ('{"title": 3}', "JSON object of strings"), ({"title": "status"}, "two columns")],
+)
+def test_a_bad_mapping_file_fails_with_its_name_and_writes_nothing(jobs: Pipeline, bucket: str, body, problem) -> None:
+    jobs.run(DAYS[0])
+    kept = jobs.snapshot_manifest(QUERY, DAYS[0])
+    put_mapping(bucket, QUERY, body)
+
+    for day in DAYS[:2]:
+        result = jobs.run(day, raise_on_error=False)
+        assert not result.success
+        message = failure_text(result, "snapshot")
+        assert f"s3://{bucket}/mapping-files/{QUERY}_{QUERY}.json" in message and problem in message
+    assert jobs.snapshot_manifest(QUERY, DAYS[0]) == kept
+    assert jobs.snapshot_manifest(QUERY, DAYS[1]) is None
+    assert not list((jobs.root / "refined-zone").rglob("snapshot_date=20240302"))
+    assert jobs.snapshot_table(QUERY, QUERY, DAYS[0]).count() == kept.tables[QUERY].rows
+
+
+def test_rebuilding_four_days_reproduces_every_partition(jobs: Pipeline, bucket: str) -> None:
+    put_mapping(bucket, JOINED, {"title": "container_title"})
+    for number, day in enumerate(DAYS):
+        if number:
+            jobs.simulator.dataset.simulate_day(seed=number)
+        jobs.run(day)
+    tables = (QUERY, JOINED)
+    before = {(day, table): rows_of(jobs.snapshot_table(QUERY, table, day)) for day in DAYS for table in tables}
+
+    for day in DAYS:
+        assert jobs.run(day, group="alloy_snapshot").success
+    after = {(day, table): rows_of(jobs.snapshot_table(QUERY, table, day)) for day in DAYS for table in tables}
+    assert after == before
+    assert len({len(rows) for rows in before.values()}) > 1, "the days differ, so the comparison means something"
+
+
+def test_checks_fail_on_a_duplicated_key(jobs: Pipeline) -> None:
+    jobs.run(DAYS[0])
+    kept = jobs.snapshot_manifest(QUERY, DAYS[0])
+    raw = jobs.raw_manifest(QUERY, DAYS[0]).tables[QUERY].path
+    jobs.spark.read.parquet(raw).limit(1).write.mode("append").parquet(raw)
+
+    result = jobs.run(DAYS[0], group="alloy_snapshot", raise_on_error=False)
+    assert not result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["unique_item_id"].passed
+    assert evaluations["unique_item_id"].blocking
+    assert evaluations["unique_item_id"].metadata["duplicated_keys"].value == 1
+    assert not evaluations["row_count_reconciles"].passed
+    assert "unique_item_id" in failure_text(result)
+    assert jobs.snapshot_manifest(QUERY, DAYS[0]) == kept, "a blocked snapshot is not committed"
