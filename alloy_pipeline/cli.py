@@ -1,4 +1,4 @@
-"""`alloy-pipeline`: the demo (the real pipeline against the local Alloy simulator) and friends."""
+"""`alloy-pipeline`: the demo (the real pipeline against the local Alloy simulator) and a rebuild."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
+from pyspark.sql import SparkSession
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
-from alloy_pipeline.lake import Lake, SnapshotManifest
+from alloy_pipeline.lake import Lake
 from alloy_pipeline.schedules import LONDON
 
 DEMO_API_KEY = "demo-key"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Run config that keeps step-by-step DEBUG lines off the terminal (they stay in the run's log)."""
 
 
 @contextmanager
@@ -34,31 +38,53 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _demo_days(count: int) -> list[str]:
-    """The `count` London days that end yesterday: the newest partitions a schedule would run."""
-    from zoneinfo import ZoneInfo
-
-    yesterday = dt.datetime.now(ZoneInfo(LONDON)).date() - dt.timedelta(days=1)
-    return [(yesterday - dt.timedelta(days=offset)).isoformat() for offset in reversed(range(count))]
+def _instance() -> dg.DagsterInstance:
+    """The instance under DAGSTER_HOME, so `dagster dev` shows the runs; else a throwaway one."""
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def _snapshot_rows(spark: object, lake: Lake, query: str, day: dt.date) -> dict[str, list[tuple]]:
-    manifest = next(m for m in lake.snapshot_manifests(query) if m.day == day)
-    return {
-        table: sorted(tuple(map(str, row)) for row in spark.read.parquet(entry.path).collect())  # type: ignore[attr-defined]
-        for table, entry in manifest.tables.items()
-    }
+def _days(first: dt.date, last: dt.date) -> list[str]:
+    return [(first + dt.timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
 
 
-def _print_day(lake: Lake, queries: list[str], day: str) -> None:
+def rebuild_snapshots(definitions: dg.Definitions, days: list[str], instance: dg.DagsterInstance) -> None:
+    """Re-materialise every snapshot asset for `days`, one run per day in date order.
+
+    This is what an asset backfill launched from the UI does; each snapshot builds on the one
+    before it, so the order matters.
+    """
+    job = definitions.resolve_implicit_global_asset_job_def()
+    snapshots = [key for key in definitions.resolve_all_asset_keys() if key.path[1] == "snapshot"]
+    for day in days:
+        job.execute_in_process(partition_key=day, instance=instance, asset_selection=snapshots, run_config=QUIET)
+
+
+def _queries(definitions: dg.Definitions) -> list[str]:
+    return sorted(key.path[-1] for key in definitions.resolve_all_asset_keys() if key.path[1] == "raw")
+
+
+def _snapshot_rows(spark: SparkSession, lake: Lake, queries: list[str], days: list[str]) -> dict[tuple, list]:
+    rows: dict[tuple, list] = {}
+    for query in queries:
+        for manifest in lake.snapshot_manifests(query):
+            if manifest.day.isoformat() in days:
+                for table, entry in manifest.tables.items():
+                    frame = spark.read.parquet(entry.path)
+                    rows[(query, table, manifest.day)] = sorted(map(str, frame.collect()))
+    return rows
+
+
+def _report_day(lake: Lake, queries: list[str], day: str) -> None:
     for query in queries:
         raw = next(m for m in lake.raw_manifests(query) if m.day.isoformat() == day)
-        snapshot: SnapshotManifest = next(m for m in lake.snapshot_manifests(query) if m.day.isoformat() == day)
-        print(f"  {query}: raw {raw.kind}, snapshot +{snapshot.inserted} new, {snapshot.replaced} replaced")
-        for table, entry in raw.tables.items():
-            print(f"    raw      {table:<28} {entry.rows:>6} rows  {entry.path}")
-        for table, entry in snapshot.tables.items():
-            print(f"    snapshot {table:<28} {entry.rows:>6} rows  {entry.path}")
+        snapshot = next(m for m in lake.snapshot_manifests(query) if m.day.isoformat() == day)
+        print(
+            f"  {query}: {raw.kind} extract; snapshot {snapshot.inserted} new, {snapshot.replaced} replaced, "
+            f"{snapshot.carried_forward} carried forward"
+        )
+        for kind, manifest in (("raw", raw), ("snapshot", snapshot)):
+            for table, entry in manifest.tables.items():
+                print(f"    {kind:<8} {table:<24} {entry.rows:>5} rows  {entry.path}")
 
 
 def demo(data: Path, days: int) -> int:
@@ -66,69 +92,73 @@ def demo(data: Path, days: int) -> int:
     from alloy_pipeline.definitions import build_definitions
 
     data = data.resolve()
-    for stale in ("raw-zone", "refined-zone", "dagster_home"):
-        shutil.rmtree(data / stale, ignore_errors=True)
-    (data / "dagster_home").mkdir(parents=True)
-    keys = _demo_days(days)
+    raw_zone, refined_zone = data / "raw-zone", data / "refined-zone"
+    for zone in (raw_zone, refined_zone):
+        shutil.rmtree(zone, ignore_errors=True)
+    yesterday = dt.datetime.now(ZoneInfo(LONDON)).date() - dt.timedelta(days=1)
+    keys = _days(yesterday - dt.timedelta(days=days - 1), yesterday)
     with AlloySimulator(dataset=demo_dataset(), api_key=DEMO_API_KEY) as simulator, _environment(
         {
             "ALLOY_API_URL": simulator.url,
             "ALLOY_API_KEY": DEMO_API_KEY,
-            "ALLOY_RAW_ZONE": str(data / "raw-zone"),
-            "ALLOY_REFINED_ZONE": str(data / "refined-zone"),
-            "ALLOY_PARTITIONS_START": keys[0],
-            "DAGSTER_HOME": str(data / "dagster_home"),
+            "ALLOY_RAW_ZONE": str(raw_zone),
+            "ALLOY_REFINED_ZONE": str(refined_zone),
         }
     ):
         definitions = build_definitions()
-        lake = Lake(raw_zone=str(data / "raw-zone"), refined_zone=str(data / "refined-zone"))
-        queries = sorted(key.path[-1] for key in definitions.resolve_all_asset_keys() if key.path[1] == "raw")
+        lake = Lake(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
+        queries = _queries(definitions)
         daily = definitions.resolve_job_def("alloy_daily")
-        instance = dg.DagsterInstance.get()
+        instance = _instance()
         print(f"Alloy simulator at {simulator.url}; lake under {data}")
         for number, day in enumerate(keys):
             if number:
-                changes = simulator.simulate_day(seed=number)
-                print(f"\nSimulated a day of edits in Alloy: {changes}")
-            print(f"\nDay {day}: materialising raw and snapshot assets")
-            daily.execute_in_process(partition_key=day, instance=instance)
-            _print_day(lake, queries, day)
-
-        from pyspark.sql import SparkSession
+                changes = simulator.dataset.simulate_day(seed=number)
+                print(
+                    f"\nA day passes in Alloy: {len(changes.edited)} items edited, {len(changes.inserted)} created, "
+                    f"{len(changes.deleted)} deleted, {len(changes.unlinked)} links cleared"
+                )
+            print(f"\n{day}: materialising alloy_daily (raw extracts, then snapshots)")
+            daily.execute_in_process(partition_key=day, instance=instance, run_config=QUIET)
+            _report_day(lake, queries, day)
 
         spark = SparkSession.builder.getOrCreate()
-        before = {(query, day): _snapshot_rows(spark, lake, query, dt.date.fromisoformat(day)) for query in queries for day in keys}
-        print(f"\nRebuilding every snapshot from {keys[0]} to {keys[-1]} in date order (a backfill)")
-        snapshots = dg.AssetSelection.groups("alloy_snapshot")
-        for day in keys:
-            dg.materialize(
-                [definitions.resolve_assets_def(key) for key in definitions.resolve_all_asset_keys()],
-                selection=snapshots,
-                partition_key=day,
-                instance=instance,
-                resources=definitions.resources,
-            )
-        after = {(query, day): _snapshot_rows(spark, lake, query, dt.date.fromisoformat(day)) for query in queries for day in keys}
-        identical = before == after
-        print("Rebuilt snapshots are " + ("identical to the originals." if identical else "DIFFERENT from the originals!"))
+        before = _snapshot_rows(spark, lake, queries, keys)
+        print(f"\nRebuilding every snapshot from {keys[0]} to {keys[-1]} in date order, as a backfill does")
+        rebuild_snapshots(definitions, keys, instance)
+        identical = _snapshot_rows(spark, lake, queries, keys) == before
     print(
-        "\nBrowse the runs, partitions and metadata in the Dagster UI:\n"
-        f"  DAGSTER_HOME={data / 'dagster_home'} ALLOY_PARTITIONS_START={keys[0]} make dev\n"
-        "then open http://127.0.0.1:3000"
+        f"Rebuilt {len(before)} snapshot partitions: "
+        + ("identical to the originals." if identical else "DIFFERENT from the originals!")
     )
+    print("\nBrowse the runs, partitions, metadata and checks: `make dev`, then open http://127.0.0.1:3000")
     return 0 if identical else 1
+
+
+def rebuild(first: dt.date, last: dt.date) -> int:
+    """Rebuild the snapshots of every query from `first` to `last` with the configured resources."""
+    from alloy_pipeline.definitions import build_definitions
+
+    if last < first:
+        print(f"--to {last} is before --from {first}", file=sys.stderr)
+        return 2
+    rebuild_snapshots(build_definitions(), _days(first, last), _instance())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alloy-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="run the pipeline for a few days against the local simulator")
-    demo_parser.add_argument("--data", type=Path, default=Path("data"), help="folder for the demo lake (wiped first)")
+    demo_parser.add_argument("--data", type=Path, default=Path("data"), help="folder for the demo lake (its zones are wiped)")
     demo_parser.add_argument("--days", type=int, default=3, help="consecutive days to materialise")
+    rebuild_parser = commands.add_parser("rebuild", help="rebuild snapshot partitions in date order")
+    rebuild_parser.add_argument("--from", dest="first", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
+    rebuild_parser.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.data, args.days)
-    return 2
+    return rebuild(args.first, args.last)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dagster as dg
 
 from alloy_pipeline.naming import raw_key
@@ -15,8 +17,9 @@ def _yesterday_schedule(
 ) -> dg.ScheduleDefinition:
     @dg.schedule(name=name, job=job, cron_schedule=cron, execution_timezone=LONDON)
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        day = partitions.get_last_partition_key(current_time=context.scheduled_execution_time)
-        if day is None:
+        yesterday = context.scheduled_execution_time - dt.timedelta(days=1)
+        day = partitions.get_partition_key_for_timestamp(yesterday.timestamp())
+        if day < partitions.start.strftime("%Y-%m-%d"):
             return dg.SkipReason("no complete day since ALLOY_PARTITIONS_START yet")
         return dg.RunRequest(run_key=f"{name}:{day}", partition_key=day)
 
@@ -30,12 +33,11 @@ def build_schedules(queries: list[str], partitions: dg.DailyPartitionsDefinition
     a week; running both on Sunday would only write the same partition twice.
     """
     daily = dg.define_asset_job(
-        "alloy_daily", selection=ALLOY_ASSETS, partitions_def=partitions, description="Raw extracts, then snapshots."
+        "alloy_daily", selection=ALLOY_ASSETS, description="Raw extracts, then snapshots."
     )
     weekly = dg.define_asset_job(
         "alloy_weekly_full_refresh",
         selection=ALLOY_ASSETS,
-        partitions_def=partitions,
         description="Full raw extracts (full_refresh), then snapshots: drops items deleted upstream.",
         config={"ops": {raw_key(query).to_python_identifier(): {"config": {"full_refresh": True}} for query in queries}},
     )

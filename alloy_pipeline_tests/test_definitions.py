@@ -55,7 +55,9 @@ def test_schedule_asks_for_the_day_just_ended(definitions: dg.Definitions) -> No
     weekly = definitions.resolve_schedule_def("alloy_weekly_full_refresh_schedule")
     sunday = dt.datetime(2024, 3, 31, 3, 0, tzinfo=ZoneInfo("Europe/London"))
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=sunday)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=sunday, repository_def=definitions.get_repository_def()
+        )
         [request] = weekly.evaluate_tick(context).run_requests
     assert request.partition_key == "2024-03-30"
 

@@ -142,7 +142,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
             f"{query.slug} {day.key}: "
             + ("full extract" if watermark is None else f"edits since {watermark.isoformat()}")
         )
-        staging = lake.staging_dir(context.run_id, query.slug)
+        staging = lake.staging_dir(context.run.run_id, query.slug)
         try:
             with tempfile.TemporaryDirectory(prefix=f"alloy-{query.slug}-") as workdir:
                 export = alloy.export(request, Path(workdir), context.log)
@@ -168,7 +168,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
                 watermark=watermark,
                 requested_at=export.requested_at,
                 task_id=export.task_id,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 main_table=main_table,
                 tables=outputs,
             )

@@ -264,7 +264,7 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
         counts = count_changes(spark, plan, merged[main_table])
 
         zone = lake.refined
-        staging = lake.staging_dir(context.run_id, query.slug)
+        staging = lake.staging_dir(context.run.run_id, query.slug)
         try:
             tables: dict[str, SnapshotTable] = {}
             written: dict[str, DataFrame] = {}
@@ -282,7 +282,7 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
             manifest = SnapshotManifest(
                 query=query.slug,
                 day=day.date,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 main_table=main_table,
                 base_day=plan.base.day if plan.base else None,
                 raw_days=tuple(raw.day for raw in plan.raws),
