@@ -10,7 +10,7 @@ from dagster_pyspark import PySparkResource
 
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import AqsQuery, load_queries
-from alloy_pipeline.assets.raw import build_raw_asset
+from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
 from alloy_pipeline.assets.snapshot import build_snapshot_asset
 from alloy_pipeline.lake import ALLOY_PREFIX, Lake
 from alloy_pipeline.mapping import MappingFiles
@@ -19,6 +19,7 @@ from alloy_pipeline.spark import spark_config
 
 DEFAULT_API_URL = "https://api.uk.alloyapp.io"
 DEFAULT_PARTITIONS_START = "2024-01-01"
+DEFAULT_MAX_CONCURRENT_EXPORTS = "4"
 
 
 def _env_or(name: str, default: str) -> str | dg.EnvVar:
@@ -33,6 +34,19 @@ def daily_partitions(start: str) -> dg.DailyPartitionsDefinition:
 def build_query_definitions(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.Definitions:
     """Everything one AQS file contributes to the code location."""
     return dg.Definitions(assets=[build_raw_asset(query, partitions), build_snapshot_asset(query, partitions)])
+
+
+def build_executor(max_exports: int) -> dg.ExecutorDefinition:
+    """Steps of a run in parallel processes, with at most `max_exports` Alloy exports at once.
+
+    Alloy rate-limits per API key, so running every query's export together would only earn
+    429s; snapshots and the Spark work of finished exports still run alongside.
+    """
+    if max_exports < 1:
+        raise ValueError(f"ALLOY_MAX_CONCURRENT_EXPORTS must be at least 1, not {max_exports}")
+    return dg.multiprocess_executor.configured(
+        {"tag_concurrency_limits": [{"key": EXPORT_TAG, "limit": max_exports}]}
+    )
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
@@ -54,7 +68,10 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions.merge(
         *(build_query_definitions(query, partitions) for query in queries),
         build_schedules([query.slug for query in queries], partitions),
-        dg.Definitions(resources=build_resources()),
+        dg.Definitions(
+            resources=build_resources(),
+            executor=build_executor(int(os.environ.get("ALLOY_MAX_CONCURRENT_EXPORTS", DEFAULT_MAX_CONCURRENT_EXPORTS))),
+        ),
     )
 
 

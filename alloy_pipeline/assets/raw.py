@@ -23,7 +23,10 @@ from alloy_pipeline.lake import Day, Lake, RawManifest, TableOutput
 from alloy_pipeline.naming import raw_key, table_slug
 
 ALLOY_POOL = "alloy_api"
-"""Dagster concurrency pool that bounds how many exports run against Alloy at once."""
+"""Dagster concurrency pool for exports: bounds exports in flight across runs (set its limit
+with `dagster instance concurrency set alloy_api 4`)."""
+EXPORT_TAG = "alloy_pipeline/export"
+"""Op tag on every raw asset; the executor limits how many such steps of one run run at once."""
 
 
 class RawExtractConfig(dg.Config):
@@ -121,6 +124,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         group_name="alloy_raw",
         kinds={"spark", "parquet"},
         pool=ALLOY_POOL,
+        op_tags={EXPORT_TAG: "alloy"},
         description=f"Alloy export of `{query.path.name}` landed as CSV and parquet, one partition per day.",
         metadata={"aqs_file": dg.MetadataValue.path(str(query.path)), "main_table": main_table},
     )
