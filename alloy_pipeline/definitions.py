@@ -22,7 +22,7 @@ DEFAULT_PARTITIONS_START = "2024-01-01"
 DEFAULT_MAX_CONCURRENT_EXPORTS = "4"
 
 
-def _env_or(name: str, default: str) -> str | dg.EnvVar:
+def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
     """An `EnvVar` when the variable is set (so Dagster resolves it per run), else the default."""
     return dg.EnvVar(name) if name in os.environ else default
 
@@ -54,7 +54,11 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     raw_zone = os.environ.get("ALLOY_RAW_ZONE", "data/raw-zone")
     default_mappings = f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
     return {
-        "alloy": AlloyApi(base_url=_env_or("ALLOY_API_URL", DEFAULT_API_URL), api_key=dg.EnvVar("ALLOY_API_KEY")),
+        "alloy": AlloyApi(
+            base_url=_env_or("ALLOY_API_URL", DEFAULT_API_URL),
+            api_key=dg.EnvVar("ALLOY_API_KEY") if "ALLOY_API_KEY_SECRET_ID" not in os.environ else None,
+            api_key_secret_id=_env_or("ALLOY_API_KEY_SECRET_ID", None),
+        ),
         "lake": Lake(raw_zone=raw_zone, refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
         "mappings": MappingFiles(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
         "pyspark": PySparkResource(spark_config=spark_config(os.environ.get("SPARK_REMOTE"))),

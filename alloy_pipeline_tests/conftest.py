@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import uuid
 from pathlib import Path
+
+import boto3
 
 import dagster as dg
 import pytest
+from moto.server import ThreadedMotoServer
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
@@ -41,3 +45,31 @@ def instance() -> Iterator[dg.DagsterInstance]:
 @pytest.fixture
 def pipeline(simulator: AlloySimulator, spark: SparkSession, instance: dg.DagsterInstance, tmp_path: Path) -> Pipeline:
     return Pipeline.create(simulator, spark, instance, tmp_path, ["DW Container Job", "Graffiti Reports", "Gully Inspections"])
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 and Secrets Manager, served over HTTP on loopback."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point boto3 at moto the way production points it at AWS: through the environment."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+    return moto_endpoint
+
+
+@pytest.fixture
+def bucket(aws: str) -> str:
+    """A fresh bucket on moto's S3."""
+    name = f"council-lake-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    return name

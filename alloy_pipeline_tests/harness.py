@@ -32,6 +32,7 @@ class Pipeline:
     instance: dg.DagsterInstance
     root: Path
     mapping_location: str
+    api_key_secret_id: str | None = None
 
     @property
     def aqs_dir(self) -> Path:
@@ -58,7 +59,12 @@ class Pipeline:
 
     def resources(self) -> dict[str, object]:
         return {
-            "alloy": AlloyApi(base_url=self.simulator.url, api_key=API_KEY, poll_initial_seconds=0.05),
+            "alloy": AlloyApi(
+                base_url=self.simulator.url,
+                api_key=None if self.api_key_secret_id else API_KEY,
+                api_key_secret_id=self.api_key_secret_id,
+                poll_initial_seconds=0.05,
+            ),
             "lake": self.lake,
             "mappings": MappingFiles(location=self.mapping_location),
             "pyspark": PySparkResource(spark_config={}),

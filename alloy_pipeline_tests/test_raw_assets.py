@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import pytest
 
@@ -132,3 +133,13 @@ def test_full_refresh_config_forces_a_full_extract(pipeline: Pipeline) -> None:
     day2 = pipeline.raw_manifest("gully_inspections", "2024-03-02")
     assert day2.kind == "full" and day2.watermark is None
     assert day2.tables["gully_inspections"].rows == pipeline.simulator.dataset.count("designs_gullyInspection")
+
+
+def test_api_key_from_secrets_manager(pipeline: Pipeline, aws: str) -> None:
+    boto3.client("secretsmanager").create_secret(Name="alloy/api-key", SecretString=API_KEY)
+    pipeline.api_key_secret_id = "alloy/api-key"
+    assert pipeline.run("2024-03-01", group="alloy_raw").success
+    assert all(seen.headers["authorization"] == f"Bearer {API_KEY}" for seen in pipeline.simulator.requests)
+    for written in pipeline.root.rglob("*"):
+        if written.is_file():
+            assert API_KEY.encode() not in written.read_bytes(), f"the key leaked into {written}"

@@ -6,6 +6,8 @@ import copy
 import csv
 import io
 import json
+import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from alloy_pipeline.alloy.simulator import (
+    SYNTHETIC_ROOT,
     AlloySimulator,
     Fault,
     demo_dataset,
@@ -69,6 +72,23 @@ def start(client: httpx.Client, body: dict[str, Any]) -> str:
     return str(response.json()["backgroundTaskId"])
 
 
+def finish(client: httpx.Client, task_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Poll the task until it ends, as a client does (exports are built in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task: dict[str, Any] = client.get(f"/api/task/{task_id}").json()["task"]
+        if task["status"] in ("Complete", "Failed", "Deleted") or time.monotonic() > deadline:
+            return task
+        time.sleep(0.01)
+
+
+def completed(client: httpx.Client, body: dict[str, Any]) -> str:
+    """Start an export and wait for it to complete; its task id."""
+    task_id = start(client, body)
+    assert finish(client, task_id)["status"] == "Complete"
+    return task_id
+
+
 def download(client: httpx.Client, task_id: str) -> bytes:
     file_id = client.get(f"/api/export/{task_id}/file").raise_for_status().json()["fileItemId"]
     response = client.get(f"/api/file/{file_id}").raise_for_status()
@@ -78,9 +98,7 @@ def download(client: httpx.Client, task_id: str) -> bytes:
 
 
 def export(client: httpx.Client, body: dict[str, Any]) -> zipfile.ZipFile:
-    task_id = start(client, body)
-    assert client.get(f"/api/task/{task_id}").json()["task"]["status"] == "Complete"
-    return zipfile.ZipFile(io.BytesIO(download(client, task_id)))
+    return zipfile.ZipFile(io.BytesIO(download(client, completed(client, body))))
 
 
 def rows(archive: zipfile.ZipFile, name: str) -> list[list[str]]:
@@ -122,14 +140,13 @@ def test_requests_are_recorded_and_carry_rate_limit_headers(
     response = client.get(f"/api/task/{task_id}")
     assert int(response.headers["x-rate-limit-remaining"]) == 9_998
     assert 0 < int(response.headers["x-rate-limit-reset"]) <= 60
+    finish(client, task_id)
     download(client, task_id)
     seen = sim.requests
-    assert [(r.method, r.path.split("/")[2]) for r in seen] == [
-        ("POST", "export"),
-        ("GET", "task"),
-        ("GET", "export"),
-        ("GET", "file"),
-    ]
+    calls = [(r.method, r.path.split("/")[2]) for r in seen]
+    assert calls[:2] == [("POST", "export"), ("GET", "task")]
+    assert set(calls[2:-2]) <= {("GET", "task")}  # polls until the background build is done
+    assert calls[-2:] == [("GET", "export"), ("GET", "file")]
     assert seen[0].body == body
     assert all(r.headers["authorization"] == f"Bearer {API_KEY}" for r in seen)
     assert all(API_KEY not in r.path + r.query for r in seen)
@@ -281,6 +298,61 @@ def test_synthetic_dataset_serves_its_request() -> None:
     assert synthetic_dataset(500).ids("designs_syntheticRecord") == dataset.ids("designs_syntheticRecord")
 
 
+# --- background builds ------------------------------------------------------------------------
+
+
+def export_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name.startswith("alloy-export-")]
+
+
+def test_post_answers_at_once_and_the_build_reports_progress(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the simulator keeps its zips
+    bench = AlloySimulator(dataset=synthetic_dataset(50_000), api_key=API_KEY).start()
+    try:
+        with connect(bench) as http:
+            task_id = start(http, synthetic_request())
+            first = http.get(f"/api/task/{task_id}").json()["task"]
+            assert first["status"] in ("Queued", "Running"), "the POST waited for the export"
+            assert http.get(f"/api/export/{task_id}/file").status_code == 409
+            seen = []
+            deadline = time.monotonic() + 5
+            while len(seen) < 2 and time.monotonic() < deadline:
+                state = http.get(f"/api/task/{task_id}").json()["task"]
+                assert state["status"] in ("Queued", "Running")
+                if state["status"] == "Running" and state["processState"]["processed"] > max(seen, default=0):
+                    assert state["processState"]["total"] == 50_000
+                    seen.append(state["processState"]["processed"])
+                time.sleep(0.02)
+            assert len(seen) == 2 and 0 < seen[0] < seen[1] < 50_000
+    finally:
+        began = time.monotonic()
+        bench.stop()
+    assert time.monotonic() - began < 2, "stop() cancels a build rather than waiting for it"
+    assert not export_threads()
+    assert not list(tmp_path.iterdir()), "the zip and the work folder are gone"
+
+
+def test_an_export_holds_the_data_as_it_was_when_requested() -> None:
+    dataset = synthetic_dataset(5_000)
+    before = dataset.ids(SYNTHETIC_ROOT)
+    first, title = before[0], "attributes_itemsTitle"
+    old_title = dataset.value(first, title) or ""
+    with AlloySimulator(dataset=dataset, api_key=API_KEY) as bench, connect(bench) as http:
+        task_id = start(http, synthetic_request())
+        dataset.set_value(first, title, "changed after the request")
+        dataset.delete(SYNTHETIC_ROOT, 50)
+        dataset.insert(SYNTHETIC_ROOT, 20)
+        assert http.get(f"/api/task/{task_id}").json()["task"]["status"] != "Complete", "built too soon"
+        assert finish(http, task_id)["status"] == "Complete"
+        archive = zipfile.ZipFile(io.BytesIO(download(http, task_id)))
+    header, *records = main_rows(archive)
+    assert [record[0] for record in records] == before
+    assert records[0][header.index("Title")] == old_title
+    assert len(dataset.ids(SYNTHETIC_ROOT)) == 5_000 - 50 + 20
+
+
 # --- filters and validation -------------------------------------------------------------------
 
 
@@ -394,7 +466,7 @@ def test_any_endpoint_fault_hits_the_next_request(sim: AlloySimulator, client: h
 
 
 def test_disconnect_closes_without_a_response(sim: AlloySimulator, client: httpx.Client) -> None:
-    task_id = start(client, example("Gully Inspections"))
+    task_id = completed(client, example("Gully Inspections"))
     sim.inject(Fault("disconnect", endpoint="file"))
     file_id = client.get(f"/api/export/{task_id}/file").json()["fileItemId"]
     with pytest.raises(httpx.RemoteProtocolError):
@@ -408,20 +480,17 @@ def test_task_fault_ends_the_next_task(
 ) -> None:
     sim.inject(Fault(kind, message="Export timed out"))  # type: ignore[arg-type]
     task_id = start(client, example("Gully Inspections"))
-    task = client.get(f"/api/task/{task_id}").json()["task"]
+    task = finish(client, task_id)
     assert (task["status"], task["error"]) == (status, "Export timed out")
     assert client.get(f"/api/export/{task_id}/file").status_code == 409
-    assert (
-        client.get(f"/api/task/{start(client, example('Gully Inspections'))}").json()["task"]["status"]
-        == "Complete"
-    )
+    completed(client, example("Gully Inspections"))
 
 
 def test_corrupt_zip_fault_serves_a_truncated_archive(sim: AlloySimulator, client: httpx.Client) -> None:
     sim.inject(Fault("corrupt_zip"))
-    broken = download(client, start(client, example("DW Container Job")))
+    broken = download(client, completed(client, example("DW Container Job")))
     assert broken and not zipfile.is_zipfile(io.BytesIO(broken))
-    assert zipfile.is_zipfile(io.BytesIO(download(client, start(client, example("DW Container Job")))))
+    assert zipfile.is_zipfile(io.BytesIO(download(client, completed(client, example("DW Container Job")))))
 
 
 def test_slow_task_reports_progress_then_completes(sim: AlloySimulator, client: httpx.Client) -> None:
@@ -436,6 +505,19 @@ def test_slow_task_reports_progress_then_completes(sim: AlloySimulator, client: 
     done = client.get(f"/api/task/{task_id}").json()["task"]
     assert done == {"id": task_id, "status": "Complete", "processState": {"processed": 100, "total": 100}}
     download(client, task_id)
+
+
+def test_a_build_that_breaks_fails_the_task(
+    sim: AlloySimulator, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("alloy_pipeline.alloy.simulator.server.write_export", disk_full)
+    task_id = start(client, example("Gully Inspections"))
+    task = finish(client, task_id)
+    assert task["status"] == "Failed" and "No space left on device" in task["error"]
+    assert client.get(f"/api/export/{task_id}/file").status_code == 409
 
 
 def test_faults_are_validated() -> None:

@@ -1,13 +1,10 @@
 """Snapshot assets end to end: simulator over HTTP, mapping files on moto's S3 server, real Spark."""
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from alloy_pipeline.naming import snapshot_key
 from alloy_pipeline_tests.harness import Pipeline, failure_text, rows_of
@@ -18,27 +15,6 @@ LINK = "attributes_jobAssignedContainer"
 QUERY = "dw_container_job"
 JOINED = "waste_container_1"
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket; the mapping resource finds moto only through AWS_ENDPOINT_URL."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
-    name = f"council-lake-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3").create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    return name
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Literal
 
 import dagster as dg
 import httpx
+from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import BaseModel, ConfigDict, Field
 
 from alloy_pipeline.alloy.archive import ArchiveError, extract_csvs
@@ -227,7 +228,16 @@ class AlloyApi(dg.ConfigurableResource):
     base_url: str = Field(
         default="https://api.uk.alloyapp.io", description="Base URL of the Alloy API (ALLOY_API_URL)."
     )
-    api_key: str = Field(description="Alloy API key (ALLOY_API_KEY); sent only as a Bearer token.", repr=False)
+    api_key: str | None = Field(
+        default=None, description="Alloy API key (ALLOY_API_KEY); sent only as a Bearer token.", repr=False
+    )
+    api_key_secret_id: str | None = Field(
+        default=None,
+        description="AWS Secrets Manager id of the key (ALLOY_API_KEY_SECRET_ID), used when api_key is unset.",
+    )
+    secrets: SecretsManagerResource = Field(
+        default_factory=SecretsManagerResource, description="Secrets Manager access (honours AWS_ENDPOINT_URL)."
+    )
     poll_initial_seconds: float = Field(default=1.0, description="First delay between task polls.")
     poll_growth: float = Field(default=1.5, description="Factor by which the poll delay grows.")
     poll_max_seconds: float = Field(default=30.0, description="Cap on the delay between task polls.")
@@ -240,6 +250,14 @@ class AlloyApi(dg.ConfigurableResource):
         default=50 * 1024**3, description="Refuse archives that would extract to more than this."
     )
 
+    def _key(self) -> str:
+        if self.api_key:
+            return self.api_key
+        if self.api_key_secret_id:
+            secret = self.secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
+            return secret["SecretString"]
+        raise AlloyError("no Alloy API key configured: set ALLOY_API_KEY or ALLOY_API_KEY_SECRET_ID")
+
     def export(self, request: ExportRequest, workdir: Path, logger: logging.Logger) -> Export:
         """Export `request` and extract its CSVs under `workdir`, logging progress to `logger`."""
         poll = PollPolicy(
@@ -250,7 +268,7 @@ class AlloyApi(dg.ConfigurableResource):
         )
         with AlloyClient(
             self.base_url,
-            self.api_key,
+            self._key(),
             poll=poll,
             max_retries=self.max_retries,
             request_timeout_seconds=self.request_timeout_seconds,

@@ -1,0 +1,539 @@
+"""The simulator's HTTP side: routes, Bearer auth, rate limits, scripted faults, request
+recording, and the export tasks whose zips are built in background threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hmac
+import json
+import math
+import re
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from alloy_pipeline.alloy.simulator.dataset import Dataset, Snapshot
+from alloy_pipeline.alloy.simulator.datasets import demo_dataset
+from alloy_pipeline.alloy.simulator.export import (
+    BadRequestError,
+    ExportCancelled,
+    ExportPlan,
+    Progress,
+    plan_export,
+    write_export,
+)
+
+FaultKind = Literal["status", "disconnect", "failed_task", "deleted_task", "corrupt_zip", "slow_task"]
+Endpoint = Literal["export", "task", "export_file", "file", "any"]
+_REQUEST_FAULTS = ("status", "disconnect")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A scripted misbehaviour for the next `times` matching requests (or exports).
+
+    - `status`: answer requests to `endpoint` with HTTP `status` (429 may carry `retry_after`
+      and `rate_limit_reset` seconds).
+    - `disconnect`: close the connection to `endpoint` without any response.
+    - `failed_task` / `deleted_task`: the next exports' tasks end Failed (with `message`) / Deleted.
+    - `corrupt_zip`: the next exports' file endpoint serves a truncated zip.
+    - `slow_task`: the next exports' tasks take `seconds`.
+    """
+
+    kind: FaultKind
+    endpoint: Endpoint = "any"
+    status: int = 503
+    times: int = 1
+    retry_after: float | None = None
+    rate_limit_reset: float | None = None
+    message: str = "Simulated export failure"
+    seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.times < 1:
+            raise ValueError("a fault applies at least once")
+        if self.kind == "status" and not 400 <= self.status <= 599:
+            raise ValueError("a status fault needs a 4xx or 5xx status")
+        if self.kind == "slow_task" and self.seconds <= 0:
+            raise ValueError("a slow task takes more than 0 seconds")
+
+
+@dataclass
+class _Pending:
+    fault: Fault
+    remaining: int
+
+
+TaskStatus = Literal["Queued", "Running", "Complete", "Failed", "Deleted"]
+
+
+@dataclass(eq=False)
+class _Task:
+    """An export task, and the background build of its zip."""
+
+    id: str
+    file_id: str
+    archive: Path
+    started: float
+    seconds: float
+    outcome: Literal["Complete", "Failed", "Deleted"]
+    error: str | None
+    corrupt: bool
+    progress: Progress = field(default_factory=Progress)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    built: threading.Event = field(default_factory=threading.Event)
+    build_error: str | None = None  # set when the zip could not be written
+    thread: threading.Thread | None = None
+
+    def build(self, snapshot: Snapshot, plan: ExportPlan, bom: bool) -> None:
+        """Write the zip: the body of `thread`. Never raises, so a task never stays Running."""
+        try:
+            write_export(snapshot, plan, self.archive, bom=bom, progress=self.progress, cancel=self.cancel)
+        except ExportCancelled:
+            self.build_error = "the simulator stopped before the export was built"
+            self.archive.unlink(missing_ok=True)
+        except Exception as error:  # a simulator bug or a full disk: fail the task, visibly
+            self.build_error = f"the simulator could not build the export: {error!r}"
+            self.archive.unlink(missing_ok=True)
+        finally:
+            self.built.set()
+
+    def state(self, now: float) -> tuple[TaskStatus, int, int, str | None]:
+        """Status, processed rows, total rows, and the error of a task that ended badly.
+
+        The task follows the slower of two clocks: its build, and the `seconds` it is meant to
+        take, counted from the request (Queued for their first quarter). It ends once both have
+        run out: only then does the outcome (Complete, or a scripted Failed/Deleted) show.
+        """
+        total = self.progress.total or 0
+        fraction = min(1.0, (now - self.started) / self.seconds) if self.seconds > 0 else 1.0
+        if self.built.is_set():
+            if self.build_error:
+                return "Failed", 0, total, self.build_error
+            if fraction >= 1:
+                return self.outcome, total if self.outcome == "Complete" else 0, total, self.error
+        if self.progress.total is None or fraction < 0.25:
+            return "Queued", 0, total, None
+        return "Running", min(self.progress.processed, int(total * fraction)), total, None
+
+
+class _RateWindow:
+    """A fixed window of `limit` requests per `seconds`, reported in X-Rate-Limit-* headers."""
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self._limit = limit
+        self._seconds = seconds
+        self._start = time.monotonic()
+        self._used = 0
+
+    def hit(self) -> tuple[int, float]:
+        """Count one request; the requests left (negative: over the limit) and seconds to reset."""
+        now = time.monotonic()
+        if now - self._start >= self._seconds:
+            self._start, self._used = now, 0
+        self._used += 1
+        return self._limit - self._used, self._seconds - (now - self._start)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the simulator saw it (header names lower-cased; body parsed if JSON)."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any | None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    payload: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    file: Path | None = None
+    length: int = 0
+    disconnect: bool = False
+
+
+_ROUTES: tuple[tuple[Endpoint, str, re.Pattern[str]], ...] = (
+    ("export", "POST", re.compile(r"/api/export")),
+    ("task", "GET", re.compile(r"/api/task/([^/]+)")),
+    ("export_file", "GET", re.compile(r"/api/export/([^/]+)/file")),
+    ("file", "GET", re.compile(r"/api/file/([^/]+)")),
+)
+_CHUNK = 64 * 1024
+_SHUTDOWN_POLL_SECONDS = 0.01  # how soon stop() returns; tests start and stop a server each
+
+
+def _route(path: str) -> tuple[Endpoint | None, str, str | None]:
+    """The endpoint a path names, the method it takes, and the id in it."""
+    for endpoint, method, pattern in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match:
+            return endpoint, method, match.group(1) if match.groups() else None
+    return None, "", None
+
+
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> _Reply:
+    return _Reply(status, {"errorCode": code, "message": message}, headers or {})
+
+
+def _json_or_none(body: bytes) -> Any | None:
+    try:
+        return json.loads(body) if body else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _object_id() -> str:
+    return secrets.token_hex(12)
+
+
+def _seconds_header(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+class AlloySimulator:
+    """Alloy's export API on loopback: `/api/export`, `/api/task/{id}`, `/api/export/{id}/file`
+    and `/api/file/{id}`, with Bearer auth, rate-limit headers and scripted faults.
+
+    `POST /api/export` answers at once, as Alloy does: it snapshots the data, and a background
+    thread streams the export into a temporary zip (so a million rows never sit in memory). The
+    task reports Queued and Running, with rows processed, until the zip is written and
+    `task_seconds` have passed since the request; then it is Complete.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | None = None,
+        *,
+        api_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        task_seconds: float = 0.0,
+        bom: bool = False,
+        rate_limit: int = 10_000,
+        rate_limit_window_seconds: float = 60.0,
+    ) -> None:
+        if not api_key:
+            raise ValueError("the simulator needs an API key")
+        self._dataset = dataset if dataset is not None else demo_dataset()
+        self._api_key = api_key
+        self._address = (host, port)
+        self._task_seconds = task_seconds
+        self._bom = bom
+        self._lock = threading.Lock()
+        self._rate = _RateWindow(rate_limit, rate_limit_window_seconds)
+        self._faults: list[_Pending] = []
+        self._tasks: dict[str, _Task] = {}
+        self._files: dict[str, _Task] = {}
+        self._requests: list[RecordedRequest] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> AlloySimulator:
+        if self._server is not None:
+            raise RuntimeError("the simulator is already running")
+        self._workdir = tempfile.TemporaryDirectory(prefix="alloy-simulator-", ignore_cleanup_errors=True)
+        self._server = _Server(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _SHUTDOWN_POLL_SECONDS},
+            name="alloy-simulator",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, cancel the exports still being built, and delete every zip."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        assert self._thread is not None
+        self._thread.join()
+        with self._lock:  # from here on, a request still being handled cannot start a build
+            workdir, self._workdir = self._workdir, None
+            tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel.set()
+        for task in tasks:  # each build checks `cancel` between rows, so this is quick
+            if task.thread is not None:
+                task.thread.join()
+        assert workdir is not None
+        workdir.cleanup()
+        self._server = self._thread = None
+
+    def __enter__(self) -> AlloySimulator:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # what tests use ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the simulator is not running; call start()")
+        return f"http://{self._address[0]}:{self._server.server_port}"
+
+    @property
+    def dataset(self) -> Dataset:
+        return self._dataset
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def inject(self, fault: Fault) -> None:
+        """Queue `fault`; faults of one kind apply in the order they were injected."""
+        with self._lock:
+            self._faults.append(_Pending(fault, fault.times))
+
+    # request handling ----------------------------------------------------------------------
+
+    def _serve(self, method: str, target: str, headers: dict[str, str], body: bytes) -> _Reply:
+        """Answer one HTTP request (called from the handler threads)."""
+        parts = urlsplit(target)
+        endpoint, allowed, argument = _route(parts.path)
+        with self._lock:
+            recorded = RecordedRequest(method, parts.path, parts.query, headers, _json_or_none(body))
+            self._requests.append(recorded)
+            remaining, reset = self._rate.hit()
+            fault = self._take_fault(_REQUEST_FAULTS, endpoint or "unrouted")
+        reset_header = str(math.ceil(reset))
+        if fault is not None:
+            reply = _fault_reply(fault)
+        elif remaining < 0:
+            reply = _error(429, "TooManyRequests", "rate limit exceeded", {"Retry-After": reset_header})
+        elif not self._authorised(headers):
+            reply = _error(401, "Unauthorised", "send the API key as 'Authorization: Bearer <key>'")
+        elif endpoint is None:
+            reply = _error(404, "NotFound", "no such endpoint")
+        elif method != allowed:
+            reply = _error(405, "MethodNotAllowed", f"use {allowed}")
+        else:
+            reply = self._call(endpoint, argument, body)
+        rate_headers = {"X-Rate-Limit-Remaining": str(max(0, remaining)), "X-Rate-Limit-Reset": reset_header}
+        return dataclasses.replace(reply, headers={**rate_headers, **reply.headers})
+
+    def _authorised(self, headers: Mapping[str, str]) -> bool:
+        expected = f"Bearer {self._api_key}".encode()
+        return hmac.compare_digest(headers.get("authorization", "").encode(), expected)
+
+    def _call(self, endpoint: Endpoint, argument: str | None, body: bytes) -> _Reply:
+        if endpoint == "export":
+            return self._start_export(body)
+        assert argument is not None
+        if endpoint == "task":
+            return self._task_status(argument)
+        if endpoint == "export_file":
+            return self._export_file(argument)
+        return self._file(argument)
+
+    def _start_export(self, body: bytes) -> _Reply:
+        requested = time.monotonic()
+        raw = _json_or_none(body)
+        if raw is None:
+            return _error(400, "InvalidRequest", "the body must be a JSON export request")
+        try:
+            plan = plan_export(self._dataset.designs, raw)
+        except BadRequestError as error:
+            return _error(400, "InvalidRequest", str(error))
+        snapshot = self._dataset.snapshot()  # the export holds the data as it is now
+        with self._lock:
+            if self._workdir is None:
+                return _error(503, "ServiceUnavailable", "the simulator is stopping")
+            ending = self._take_fault(("failed_task", "deleted_task"))
+            slow = self._take_fault(("slow_task",))
+            task_id = _object_id()
+            task = _Task(
+                id=task_id,
+                file_id=_object_id(),
+                archive=Path(self._workdir.name) / f"{task_id}.zip",
+                started=requested,
+                seconds=slow.seconds if slow else self._task_seconds,
+                outcome=_outcome(ending),
+                error=ending.message if ending else None,
+                corrupt=self._take_fault(("corrupt_zip",)) is not None,
+            )
+            task.thread = threading.Thread(
+                target=task.build,
+                args=(snapshot, plan, self._bom),
+                name=f"alloy-export-{task_id}",
+                daemon=True,
+            )
+            task.thread.start()
+            self._tasks[task.id] = task
+            self._files[task.file_id] = task
+        return _Reply(200, {"backgroundTaskId": task_id})
+
+    def _task_status(self, task_id: str) -> _Reply:
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None:
+            return _error(404, "NotFound", f"no task {task_id}")
+        status, processed, total, error = task.state(time.monotonic())
+        state: dict[str, Any] = {
+            "id": task.id,
+            "status": status,
+            "processState": {"processed": processed, "total": total},
+        }
+        if error:
+            state["error"] = error
+        return _Reply(200, {"task": state})
+
+    def _export_file(self, task_id: str) -> _Reply:
+        with self._lock:
+            task = self._tasks.get(task_id)
+        if task is None:
+            return _error(404, "NotFound", f"no task {task_id}")
+        status, *_ = task.state(time.monotonic())
+        if status != "Complete":
+            return _error(409, "TaskNotComplete", f"task {task_id} is {status}")
+        return _Reply(200, {"fileItemId": task.file_id})
+
+    def _file(self, file_id: str) -> _Reply:
+        with self._lock:
+            task = self._files.get(file_id)
+        if task is None:
+            return _error(404, "NotFound", f"no file {file_id}")
+        if not task.built.is_set() or task.build_error:
+            return _error(409, "TaskNotComplete", f"the file of task {task.id} is not written")
+        size = task.archive.stat().st_size
+        length = size // 2 if task.corrupt else size
+        return _Reply(200, headers={"Content-Type": "application/zip"}, file=task.archive, length=length)
+
+    def _take_fault(self, kinds: Sequence[str], endpoint: str | None = None) -> Fault | None:
+        """Use up one application of the oldest queued fault of `kinds` aimed at `endpoint`
+        (None for the export-level kinds, which have no endpoint). Call with `_lock` held."""
+        for pending in self._faults:
+            fault = pending.fault
+            if fault.kind not in kinds:
+                continue
+            if endpoint is not None and fault.endpoint not in ("any", endpoint):
+                continue
+            pending.remaining -= 1
+            if not pending.remaining:
+                self._faults.remove(pending)
+            return fault
+        return None
+
+
+def _outcome(ending: Fault | None) -> Literal["Complete", "Failed", "Deleted"]:
+    if ending is None:
+        return "Complete"
+    return "Failed" if ending.kind == "failed_task" else "Deleted"
+
+
+def _fault_reply(fault: Fault) -> _Reply:
+    if fault.kind == "disconnect":
+        return _Reply(0, disconnect=True)
+    headers: dict[str, str] = {}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = _seconds_header(fault.retry_after)
+    if fault.rate_limit_reset is not None:
+        headers["X-Rate-Limit-Reset"] = _seconds_header(fault.rate_limit_reset)
+    code = "TooManyRequests" if fault.status == 429 else "SimulatedFault"
+    return _error(fault.status, code, f"simulated HTTP {fault.status}", headers)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], simulator: AlloySimulator) -> None:
+        super().__init__(address, _Handler)
+        self.simulator = simulator
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads a request, lets the simulator answer it, writes the reply (or hangs up)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes; don't wait 40 ms
+    server: _Server
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: tests and the demo read `AlloySimulator.requests` instead of a log."""
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        reply = self.server.simulator._serve(self.command, self.path, headers, body)
+        if reply.disconnect:
+            self.close_connection = True
+            return
+        try:
+            self._send(reply)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _send(self, reply: _Reply) -> None:
+        content = b"" if reply.file else json.dumps(reply.payload or {}).encode()
+        self.send_response(reply.status)
+        if reply.file is None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(reply.length if reply.file else len(content)))
+        self.end_headers()
+        if reply.file is None:
+            self.wfile.write(content)
+            return
+        with reply.file.open("rb") as source:
+            left = reply.length
+            while left and (chunk := source.read(min(_CHUNK, left))):
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve the demo dataset in the foreground until Ctrl-C or SIGTERM."""
+    parser = argparse.ArgumentParser(description="Run the local Alloy API simulator (demo dataset).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", required=True, help="the Bearer key clients must send")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the demo dataset")
+    parser.add_argument("--task-seconds", type=float, default=2.0, help="how long each export task takes")
+    parser.add_argument("--bom", action="store_true", help="start every CSV with a UTF-8 BOM")
+    args = parser.parse_args(argv)
+    simulator = AlloySimulator(
+        demo_dataset(args.seed),
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        task_seconds=args.task_seconds,
+        bom=args.bom,
+    )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())  # clean up temp files on kill
+    with simulator:
+        print(f"Alloy simulator serving the demo dataset at {simulator.url} (Ctrl-C to stop)", flush=True)
+        with suppress(KeyboardInterrupt):
+            stopped.wait()
