@@ -24,6 +24,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --items 100000 1000000 3000000 --write docs/benchmarks.md
+
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/python -m alloy_pipeline.alloy.simulator --port $(SIMULATOR_PORT) --api-key demo-key & sim=$$!; \
