@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 demo dev: export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 SIMULATOR_PORT ?= 8765
 
-.PHONY: install demo test bench dev clean
+.PHONY: install demo test sql bench dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+sql: $(STAMP)
+	$(BIN)/alloy-pipeline sql "$(q)"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --items 100000 1000000 3000000 --write docs/benchmarks.md

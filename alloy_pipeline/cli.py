@@ -16,7 +16,7 @@ import dagster as dg
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
-from alloy_pipeline.lake import Lake
+from alloy_pipeline.lake import Day, Lake
 from alloy_pipeline.schedules import LONDON
 
 DEMO_API_KEY = "demo-key"
@@ -92,9 +92,9 @@ def demo(data: Path, days: int) -> int:
     from alloy_pipeline.definitions import build_definitions
 
     data = data.resolve()
-    raw_zone, refined_zone = data / "raw-zone", data / "refined-zone"
-    for zone in (raw_zone, refined_zone):
-        shutil.rmtree(zone, ignore_errors=True)
+    raw_zone, refined_zone, metastore = data / "raw-zone", data / "refined-zone", data / "catalog"
+    for stale in (raw_zone, refined_zone, metastore):
+        shutil.rmtree(stale, ignore_errors=True)
     yesterday = dt.datetime.now(ZoneInfo(LONDON)).date() - dt.timedelta(days=1)
     keys = _days(yesterday - dt.timedelta(days=days - 1), yesterday)
     with AlloySimulator(dataset=demo_dataset(), api_key=DEMO_API_KEY) as simulator, _environment(
@@ -103,6 +103,8 @@ def demo(data: Path, days: int) -> int:
             "ALLOY_API_KEY": DEMO_API_KEY,
             "ALLOY_RAW_ZONE": str(raw_zone),
             "ALLOY_REFINED_ZONE": str(refined_zone),
+            "ALLOY_CATALOG": "spark",
+            "ALLOY_CATALOG_METASTORE": str(metastore),
         }
     ):
         definitions = build_definitions()
@@ -127,12 +129,33 @@ def demo(data: Path, days: int) -> int:
         print(f"\nRebuilding every snapshot from {keys[0]} to {keys[-1]} in date order, as a backfill does")
         rebuild_snapshots(definitions, keys, instance)
         identical = _snapshot_rows(spark, lake, queries, keys) == before
-    print(
-        f"Rebuilt {len(before)} snapshot partitions: "
-        + ("identical to the originals." if identical else "DIFFERENT from the originals!")
-    )
-    print("\nBrowse the runs, partitions, metadata and checks: `make dev`, then open http://127.0.0.1:3000")
+        print(
+            f"Rebuilt {len(before)} snapshot partitions: "
+            + ("identical to the originals." if identical else "DIFFERENT from the originals!")
+        )
+        catalog = definitions.resources["catalog"]
+        latest = Day.from_key(keys[-1]).compact
+        counts = [
+            f"SELECT '{name}' AS table_name, count(*) AS row_count FROM {name} WHERE snapshot_date = '{latest}'"
+            for name in (catalog.table_name("refined", query, query) for query in queries)
+        ]
+        print(f"\nThe latest snapshots, queried by table name (try it: make sql q=\"{counts[0]}\"):")
+        catalog.sql(None, " UNION ALL ".join(counts))
+    print("Browse the runs, partitions, metadata and checks: `make dev`, then open http://127.0.0.1:3000")
     return 0 if identical else 1
+
+
+def sql(query: str) -> int:
+    """Run Spark SQL against the configured catalog and print the result."""
+    from alloy_pipeline.definitions import build_definitions
+    from alloy_pipeline.spark import spark_config
+
+    catalog = build_definitions().resources["catalog"]
+    spark = None
+    if not (catalog.backend == "spark" and catalog.metastore):
+        spark = SparkSession.builder.config(map=spark_config(os.environ.get("SPARK_REMOTE"))).getOrCreate()
+    catalog.sql(spark, query)
+    return 0
 
 
 def rebuild(first: dt.date, last: dt.date) -> int:
@@ -155,9 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rebuild_parser = commands.add_parser("rebuild", help="rebuild snapshot partitions in date order")
     rebuild_parser.add_argument("--from", dest="first", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     rebuild_parser.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
+    sql_parser = commands.add_parser("sql", help="run Spark SQL against the configured catalog")
+    sql_parser.add_argument("query", help='e.g. "SHOW TABLES IN alloy_refined"')
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.data, args.days)
+    if args.command == "sql":
+        return sql(args.query)
     return rebuild(args.first, args.last)
 
 

@@ -10,6 +10,7 @@ from dagster_pyspark import PySparkResource
 
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import AqsQuery, load_queries
+from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
 from alloy_pipeline.assets.snapshot import build_snapshot_asset
 from alloy_pipeline.lake import ALLOY_PREFIX, Lake
@@ -60,6 +61,12 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             api_key_secret_id=_env_or("ALLOY_API_KEY_SECRET_ID", None),
         ),
         "lake": Lake(raw_zone=raw_zone, refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
+        "catalog": Catalog(
+            backend=os.environ.get("ALLOY_CATALOG", "spark"),
+            raw_database=os.environ.get("ALLOY_RAW_DATABASE", "alloy_raw"),
+            refined_database=os.environ.get("ALLOY_REFINED_DATABASE", "alloy_refined"),
+            metastore=None if "SPARK_REMOTE" in os.environ else os.environ.get("ALLOY_CATALOG_METASTORE", "data/catalog"),
+        ),
         "mappings": MappingFiles(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
         "pyspark": PySparkResource(spark_config=spark_config(os.environ.get("SPARK_REMOTE"))),
     }

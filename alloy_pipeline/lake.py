@@ -143,8 +143,12 @@ class TableOutput(BaseModel):
 
     path: str
     rows: int
-    columns: tuple[str, ...]
+    column_types: tuple[tuple[str, str], ...]
     source_file: str | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.column_types)
 
 
 class RawManifest(BaseModel):
@@ -211,12 +215,20 @@ class Lake(dg.ConfigurableResource):
         return f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
 
     @staticmethod
-    def raw_table_dir(query: str, table: str, day: Day) -> str:
-        return f"{RAW_PARQUET}/{query}/{table}/{day.segments('import')}"
+    def raw_table_root(query: str, table: str) -> str:
+        return f"{RAW_PARQUET}/{query}/{table}"
+
+    @classmethod
+    def raw_table_dir(cls, query: str, table: str, day: Day) -> str:
+        return f"{cls.raw_table_root(query, table)}/{day.segments('import')}"
 
     @staticmethod
-    def snapshot_table_dir(query: str, table: str, day: Day) -> str:
-        return f"{SNAPSHOTS}/{query}/{table}/{day.segments('snapshot')}"
+    def snapshot_table_root(query: str, table: str) -> str:
+        return f"{SNAPSHOTS}/{query}/{table}"
+
+    @classmethod
+    def snapshot_table_dir(cls, query: str, table: str, day: Day) -> str:
+        return f"{cls.snapshot_table_root(query, table)}/{day.segments('snapshot')}"
 
     @staticmethod
     def staging_dir(run_id: str, query: str) -> str:

@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.alloy.simulator import AlloySimulator
 from alloy_pipeline.aqs import load_queries
+from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.definitions import build_query_definitions, daily_partitions
 from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest
 from alloy_pipeline.mapping import MappingFiles
@@ -33,6 +34,7 @@ class Pipeline:
     root: Path
     mapping_location: str
     api_key_secret_id: str | None = None
+    catalog: Catalog | None = None
 
     @property
     def aqs_dir(self) -> Path:
@@ -67,8 +69,14 @@ class Pipeline:
             ),
             "lake": self.lake,
             "mappings": MappingFiles(location=self.mapping_location),
+            "catalog": self.catalog or self.session_catalog(),
             "pyspark": PySparkResource(spark_config={}),
         }
+
+    def session_catalog(self) -> Catalog:
+        """Registration in the test session's in-memory catalog, under databases of this test's own."""
+        suffix = self.root.name.lower().replace("-", "_")[-40:]
+        return Catalog(backend="spark", metastore=None, raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
     def assets(self) -> list[dg.AssetsDefinition]:
         """Built from the AQS folder as it is now, as the code location would on reload."""

@@ -45,6 +45,7 @@ def test_one_run_materialises_every_query_with_exports_bounded(tmp_path: Path) -
                 "ALLOY_RAW_ZONE": str(tmp_path / "raw"),
                 "ALLOY_REFINED_ZONE": str(tmp_path / "refined"),
                 "ALLOY_MAX_CONCURRENT_EXPORTS": "1",
+                "ALLOY_CATALOG_METASTORE": str(tmp_path / "catalog"),
                 "DAGSTER_HOME": str(home),
             },
             capture_output=True,
@@ -62,3 +63,4 @@ def test_one_run_materialises_every_query_with_exports_bounded(tmp_path: Path) -
     assert len(raw) == len(snapshots) == 3
     assert not any(overlap(a, b) for i, a in enumerate(raw) for b in raw[i + 1 :]), "one export at a time"
     assert any(overlap(a, b) for a in raw for b in snapshots), "other steps run alongside the export"
+    assert (tmp_path / "catalog" / "metastore_db").is_dir(), "parallel steps shared the local metastore"

@@ -47,7 +47,7 @@ def test_commit_replaces_a_day_and_drops_tables_it_no_longer_has(tmp_path: Path)
             query="jobs", day=day.date, kind="full", watermark=None,
             requested_at=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc), task_id="t", run_id="r",
             main_table="jobs",
-            tables={table: TableOutput(path=zone.uri_of(lake.raw_table_dir("jobs", table, day)), rows=1, columns=("item_id",)) for table in tables},
+            tables={table: TableOutput(path=zone.uri_of(lake.raw_table_dir("jobs", table, day)), rows=1, column_types=(("item_id", "string"),)) for table in tables},
         )
 
     for table in ("jobs", "streets_1"):

@@ -235,8 +235,8 @@ class AlloyApi(dg.ConfigurableResource):
         default=None,
         description="AWS Secrets Manager id of the key (ALLOY_API_KEY_SECRET_ID), used when api_key is unset.",
     )
-    secrets: SecretsManagerResource = Field(
-        default_factory=SecretsManagerResource, description="Secrets Manager access (honours AWS_ENDPOINT_URL)."
+    secrets: SecretsManagerResource | None = Field(
+        default=None, description="Secrets Manager access for api_key_secret_id (default: the AWS environment)."
     )
     poll_initial_seconds: float = Field(default=1.0, description="First delay between task polls.")
     poll_growth: float = Field(default=1.5, description="Factor by which the poll delay grows.")
@@ -254,7 +254,8 @@ class AlloyApi(dg.ConfigurableResource):
         if self.api_key:
             return self.api_key
         if self.api_key_secret_id:
-            secret = self.secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
+            secrets = self.secrets or SecretsManagerResource()
+            secret = secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
             return secret["SecretString"]
         raise AlloyError("no Alloy API key configured: set ALLOY_API_KEY or ALLOY_API_KEY_SECRET_ID")
 

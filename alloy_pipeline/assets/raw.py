@@ -17,6 +17,8 @@ from pyspark.sql import SparkSession
 
 from alloy_pipeline.alloy.client import AlloyApi, Export
 from alloy_pipeline.aqs import AqsQuery
+from alloy_pipeline.assets.metadata import table_schema
+from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.columns import clean_headers, read_header
 from alloy_pipeline.frames import conform_csv
 from alloy_pipeline.lake import Day, Lake, RawManifest, TableOutput
@@ -101,14 +103,15 @@ def convert_tables(
                 mode="FAILFAST",
             )
             parquet = f"{staging}/parquet/{table}"
-            conform_csv(frame, columns, stamp).write.mode("overwrite").parquet(zone.uri_of(parquet))
+            conformed = conform_csv(frame, columns, stamp)
+            conformed.write.mode("overwrite").parquet(zone.uri_of(parquet))
             rows = spark.read.parquet(zone.uri_of(parquet)).count()
         except Exception as error:
             raise RuntimeError(f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}") from error
         outputs[table] = TableOutput(
             path=zone.uri_of(lake.raw_table_dir(query, table, day)),
             rows=rows,
-            columns=tuple(columns) + tuple(stamp),
+            column_types=tuple(conformed.dtypes),
             source_file=csv_file.name,
         )
     return outputs
@@ -133,6 +136,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         config: RawExtractConfig,
         alloy: AlloyApi,
         lake: Lake,
+        catalog: Catalog,
         pyspark: PySparkResource,
     ) -> dg.MaterializeResult:
         day = Day.from_key(context.partition_key)
@@ -183,9 +187,26 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         finally:
             lake.raw.delete(staging)
         convert_seconds = time.monotonic() - started
+        catalog.register(
+            pyspark.spark_session,
+            [
+                catalog.registration(
+                    "raw",
+                    query.slug,
+                    table,
+                    day=day,
+                    root=lake.raw.uri_of(lake.raw_table_root(query.slug, table)),
+                    partition=output.path,
+                    dtypes=output.column_types,
+                )
+                for table, output in outputs.items()
+            ],
+        )
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": outputs[main_table].rows,
+                "dagster/table_name": catalog.table_name("raw", query.slug, main_table),
+                "dagster/column_schema": table_schema(outputs[main_table]),
                 "extract_kind": manifest.kind,
                 "watermark": watermark.isoformat() if watermark else "none (full extract)",
                 "task_id": export.task_id,

@@ -14,6 +14,8 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from alloy_pipeline.aqs import AqsQuery
+from alloy_pipeline.assets.metadata import preview, table_schema
+from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.frames import drop_root_items, rename_columns, stamp_columns, upsert_root_items
 from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingFiles
@@ -22,7 +24,6 @@ from alloy_pipeline.naming import raw_key, snapshot_key
 ITEM_ID = "item_id"
 PRIMARY_ITEM = "primary_item"
 SNAPSHOT_COLUMNS = ("snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date")
-PREVIEW_ROWS = 5
 
 
 class SnapshotError(RuntimeError):
@@ -246,20 +247,6 @@ def _checks_after_write(
     ]
 
 
-def _table_schema(frame: DataFrame) -> dg.TableSchema:
-    return dg.TableSchema(
-        columns=[dg.TableColumn(name=field.name, type=field.dataType.simpleString()) for field in frame.schema]
-    )
-
-
-def _preview(frame: DataFrame) -> dg.TableMetadataValue:
-    records = [
-        dg.TableRecord({name: None if value is None else str(value) for name, value in row.asDict().items()})
-        for row in frame.limit(PREVIEW_ROWS).collect()
-    ]
-    return dg.MetadataValue.table(records=records, schema=_table_schema(frame))
-
-
 def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     """The daily snapshot asset of one AQS query, with its checks."""
     key = snapshot_key(query.slug)
@@ -289,7 +276,11 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
         ],
     )
     def snapshot(
-        context: dg.AssetExecutionContext, lake: Lake, mappings: MappingFiles, pyspark: PySparkResource
+        context: dg.AssetExecutionContext,
+        lake: Lake,
+        mappings: MappingFiles,
+        catalog: Catalog,
+        pyspark: PySparkResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
         spark = pyspark.spark_session
         day = Day.from_key(context.partition_key)
@@ -325,7 +316,7 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
                 tables[table] = SnapshotTable(
                     path=zone.uri_of(lake.snapshot_table_dir(query.slug, table, day)),
                     rows=origin.get["rows"],
-                    columns=tuple(frame.columns),
+                    column_types=tuple(frame.dtypes),
                     mapping_source=source,
                     renames=renames,
                 )
@@ -352,11 +343,24 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
         finally:
             zone.delete(staging)
 
-        main = spark.read.parquet(tables[main_table].path)
+        registrations = [
+            catalog.registration(
+                "refined",
+                query.slug,
+                table,
+                day=day,
+                root=zone.uri_of(lake.snapshot_table_root(query.slug, table)),
+                partition=entry.path,
+                dtypes=entry.column_types,
+            )
+            for table, entry in tables.items()
+        ]
+        catalog.register(spark, registrations)
         yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": tables[main_table].rows,
-                "dagster/column_schema": _table_schema(main),
+                "dagster/column_schema": table_schema(tables[main_table]),
+                "dagster/table_name": catalog.table_name("refined", query.slug, main_table),
                 "path": dg.MetadataValue.path(tables[main_table].path),
                 "rows": dg.MetadataValue.json({table: entry.rows for table, entry in tables.items()}),
                 "paths": dg.MetadataValue.json({table: entry.path for table, entry in tables.items()}),
@@ -369,7 +373,7 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
                 "mappings": dg.MetadataValue.json(
                     {table: entry.mapping_source for table, entry in tables.items() if entry.mapping_source}
                 ),
-                "preview": _preview(main),
+                "preview": preview(spark.read.parquet(tables[main_table].path), tables[main_table]),
             }
         )
         yield unique

@@ -1,0 +1,109 @@
+"""Catalog registration: every raw and snapshot table queryable by name, in place of crawlers.
+
+Each materialization registers its partitions right after committing them: the database, the
+table (`<query>_<table>`, parquet, Hive-style partition keys), its current columns, and the
+partition. Registration is idempotent, so re-running a day adds nothing, and the next run
+repairs a catalog that a failed registration left behind.
+
+Two backends: `spark` (Spark's own catalog: a persistent Derby metastore under the lake folder
+locally, whatever the cluster is configured with otherwise, e.g. Glue on EMR) and `glue` (the AWS
+Glue Data Catalog through boto3, which Athena reads).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import boto3
+import dagster as dg
+from pydantic import Field
+from pyspark.sql import SparkSession
+
+from alloy_pipeline.glue_catalog import register_in_glue
+from alloy_pipeline.lake import Day
+from alloy_pipeline.registration import Registration
+from alloy_pipeline.spark_catalog import records, register_in_session, run_worker
+
+
+class CatalogError(RuntimeError):
+    """A registration the catalog refused; the data it describes is already committed."""
+
+
+class Catalog(dg.ConfigurableResource):
+    """Where tables are registered by name: Spark's catalog or the AWS Glue Data Catalog."""
+
+    backend: Literal["spark", "glue"] = Field(default="spark", description="ALLOY_CATALOG: spark or glue.")
+    raw_database: str = Field(default="alloy_raw", description="Database of the raw tables.")
+    refined_database: str = Field(default="alloy_refined", description="Database of the snapshot tables.")
+    metastore: str | None = Field(
+        default="data/catalog",
+        description="Folder of the local Derby metastore (spark backend with local Spark); "
+        "None to use the Spark session's own catalog, as on a cluster.",
+    )
+
+    def register(self, spark: SparkSession, registrations: Sequence[Registration]) -> None:
+        """Register partitions; a refusal is a CatalogError that says the data is in place."""
+        names = ", ".join(f"{r.qualified_name} ({'/'.join(r.partition_values)})" for r in registrations)
+        try:
+            if self.backend == "glue":
+                client = boto3.client("glue")
+                for registration in registrations:
+                    register_in_glue(client, registration)
+            elif self.metastore:
+                run_worker(Path(self.metastore), {"register": [r.model_dump(mode="json") for r in registrations]})
+            else:
+                for registration in registrations:
+                    register_in_session(spark, registration)
+        except Exception as error:
+            raise CatalogError(
+                f"registering {names} in the {self.backend} catalog failed ({error}); the data is committed "
+                "and the next successful run of this partition registers it"
+            ) from error
+
+    def table_name(self, zone: Literal["raw", "refined"], query: str, table: str) -> str:
+        database = self.raw_database if zone == "raw" else self.refined_database
+        return f"{database}.{query}_{table}"
+
+    def registration(
+        self,
+        zone: Literal["raw", "refined"],
+        query: str,
+        table: str,
+        *,
+        day: Day,
+        root: str,
+        partition: str,
+        dtypes: Sequence[tuple[str, str]],
+    ) -> Registration:
+        """One day of one table, partitioned by `import_*` (raw) or `snapshot_*` (refined) keys."""
+        fields = day.fields("import" if zone == "raw" else "snapshot")
+        database, name = self.table_name(zone, query, table).split(".")
+        return Registration(
+            database=database,
+            table=name,
+            location=root,
+            columns=tuple(dtypes),
+            partition_keys=tuple(fields),
+            partition_values=tuple(fields.values()),
+            partition_location=partition,
+        )
+
+    def sql(self, spark: SparkSession | None, query: str, rows: int = 50) -> None:
+        """Run Spark SQL against the catalog and print the result as a table."""
+        if self.backend == "spark" and self.metastore:
+            print(run_worker(Path(self.metastore), {"sql": query, "rows": rows}), end="")
+        elif spark is not None:
+            spark.sql(query).show(rows, truncate=False)
+        else:
+            raise CatalogError("no Spark session to query the catalog with")
+
+    def query(self, spark: SparkSession | None, queries: Sequence[str]) -> list[list[dict[str, Any]]]:
+        """Run Spark SQL statements against the catalog; each one's rows, values as strings."""
+        if self.backend == "spark" and self.metastore:
+            return json.loads(run_worker(Path(self.metastore), {"queries": list(queries)}))
+        if spark is None:
+            raise CatalogError("no Spark session to query the catalog with")
+        return [records(spark.sql(query)) for query in queries]

@@ -1,0 +1,71 @@
+"""Registration in the AWS Glue Data Catalog through boto3, as the crawlers did, for Athena."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from alloy_pipeline.registration import Registration
+
+
+def _glue_columns(columns: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"Name": name, "Type": kind} for name, kind in columns]
+
+
+def _storage(location: str, columns: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "Columns": _glue_columns(columns),
+        "Location": location,
+        "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+        "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+        "SerdeInfo": {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
+    }
+
+
+def glue_location(location: str) -> str:
+    """Athena and Glue address S3 as `s3://`; Spark's `s3a://` is the same object."""
+    return "s3://" + location[len("s3a://") :] if location.startswith("s3a://") else location
+
+
+def register_in_glue(client: Any, registration: Registration) -> None:
+    """Create or update the Glue database, table (schema kept current) and partition."""
+    try:
+        client.create_database(DatabaseInput={"Name": registration.database})
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "AlreadyExistsException":
+            raise
+    table_input = {
+        "Name": registration.table,
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
+        "PartitionKeys": _glue_columns([(key, "string") for key in registration.partition_keys]),
+        "StorageDescriptor": _storage(glue_location(registration.location), registration.data_columns),
+    }
+    try:
+        current = client.get_table(DatabaseName=registration.database, Name=registration.table)["Table"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "EntityNotFoundException":
+            raise
+        client.create_table(DatabaseName=registration.database, TableInput=table_input)
+    else:
+        if current["StorageDescriptor"]["Columns"] != table_input["StorageDescriptor"]["Columns"]:
+            client.update_table(DatabaseName=registration.database, TableInput=table_input)
+    partition_input = {
+        "Values": list(registration.partition_values),
+        "StorageDescriptor": _storage(glue_location(registration.partition_location), registration.data_columns),
+    }
+    try:
+        client.create_partition(
+            DatabaseName=registration.database, TableName=registration.table, PartitionInput=partition_input
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "AlreadyExistsException":
+            raise
+        client.update_partition(
+            DatabaseName=registration.database,
+            TableName=registration.table,
+            PartitionValueList=list(registration.partition_values),
+            PartitionInput=partition_input,
+        )

@@ -1,0 +1,84 @@
+"""Tables queryable by name: Spark's catalog (the local Derby metastore) and AWS Glue (moto)."""
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from alloy_pipeline.catalog import Catalog
+from alloy_pipeline_tests.harness import Pipeline
+
+QUERY = "dw_container_job"
+DAYS = ["2024-03-01", "2024-03-02"]
+NEW_JOIN = "root.attributes_jobAssignedContainer.designs_wasteContainer.attributes_wasteContainerSerialNumber"
+NEW_COLUMN = "root_assigned_container_waste_container_serial_number"
+
+
+def two_days_with_a_new_column(pipeline: Pipeline) -> None:
+    """Day 1; the query gains a joined attribute; day 2; then day 2 again."""
+    pipeline.run(DAYS[0])
+    aqs_file = pipeline.aqs_dir / "DW Container Job.json"
+    request = json.loads(aqs_file.read_text())
+    request["aqs"]["properties"]["joinAttributes"].append(NEW_JOIN)
+    aqs_file.write_text(json.dumps(request))
+    pipeline.simulator.dataset.edit("designs_wasteContainerJob", 3)
+    pipeline.run(DAYS[1])
+    pipeline.run(DAYS[1])
+
+
+@pytest.fixture
+def jobs(simulator, spark, instance, tmp_path: Path) -> Pipeline:
+    return Pipeline.create(simulator, spark, instance, tmp_path, ["DW Container Job"])
+
+
+def test_spark_catalog_in_the_local_metastore(jobs: Pipeline, tmp_path: Path) -> None:
+    catalog = Catalog(backend="spark", metastore=str(tmp_path / "catalog"))
+    jobs.catalog = catalog
+    two_days_with_a_new_column(jobs)
+
+    tables, raw_partitions, snapshot_partitions, description, [count], [filled] = catalog.query(
+        None,
+        [
+            "SHOW TABLES IN alloy_refined",
+            f"SHOW PARTITIONS alloy_raw.{QUERY}_{QUERY}",
+            f"SHOW PARTITIONS alloy_refined.{QUERY}_{QUERY}",
+            f"DESCRIBE TABLE alloy_refined.{QUERY}_{QUERY}",
+            f"SELECT count(*) AS n FROM alloy_refined.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'",
+            f"SELECT count({NEW_COLUMN}) AS n FROM alloy_refined.{QUERY}_{QUERY} WHERE snapshot_date = '20240301'",
+        ],
+    )
+    assert {row["tableName"] for row in tables} == {f"{QUERY}_{QUERY}", f"{QUERY}_waste_container_1"}
+    assert [row["partition"] for row in raw_partitions] == [
+        "import_year=2024/import_month=03/import_day=01/import_date=20240301",
+        "import_year=2024/import_month=03/import_day=02/import_date=20240302",
+    ]
+    assert len(snapshot_partitions) == 2, "re-running a day adds no partition"
+    columns = [row["col_name"] for row in description]
+    assert NEW_COLUMN in columns
+    assert {"snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date"} <= set(columns)
+    assert int(count["n"]) == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows
+    assert filled["n"] == "0", "day 1 predates the column"
+
+
+def test_glue_catalog_on_moto(jobs: Pipeline, aws: str) -> None:
+    jobs.catalog = Catalog(backend="glue", metastore=None)
+    two_days_with_a_new_column(jobs)
+    glue = boto3.client("glue")
+
+    for database, keys in (("alloy_raw", "import"), ("alloy_refined", "snapshot")):
+        table = glue.get_table(DatabaseName=database, Name=f"{QUERY}_{QUERY}")["Table"]
+        assert [key["Name"] for key in table["PartitionKeys"]] == [
+            f"{keys}_year", f"{keys}_month", f"{keys}_day", f"{keys}_date"
+        ]
+        assert table["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
+        columns = [column["Name"] for column in table["StorageDescriptor"]["Columns"]]
+        assert NEW_COLUMN in columns and f"{keys}_date" not in columns
+        partitions = glue.get_partitions(DatabaseName=database, TableName=f"{QUERY}_{QUERY}")["Partitions"]
+        assert sorted(partition["Values"][-1] for partition in partitions) == ["20240301", "20240302"]
+    [day2] = [
+        partition
+        for partition in glue.get_partitions(DatabaseName="alloy_refined", TableName=f"{QUERY}_{QUERY}")["Partitions"]
+        if partition["Values"][-1] == "20240302"
+    ]
+    assert day2["StorageDescriptor"]["Location"] == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].path
