@@ -13,7 +13,7 @@ Glue Data Catalog through boto3, which Athena reads).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +22,8 @@ import dagster as dg
 from pydantic import Field
 from pyspark.sql import SparkSession
 
-from alloy_pipeline.glue_catalog import register_in_glue
-from alloy_pipeline.lake import Day
+from alloy_pipeline.glue_catalog import register_in_glue, registrations_in_glue
+from alloy_pipeline.lake import Day, TableOutput
 from alloy_pipeline.registration import Registration
 from alloy_pipeline.spark_catalog import records, register_in_session, run_worker
 
@@ -67,43 +67,59 @@ class Catalog(dg.ConfigurableResource):
         database = self.raw_database if zone == "raw" else self.refined_database
         return f"{database}.{query}_{table}"
 
-    def registration(
+    def register_tables(
         self,
+        spark: SparkSession,
         zone: Literal["raw", "refined"],
         query: str,
-        table: str,
-        *,
         day: Day,
-        root: str,
-        partition: str,
-        dtypes: Sequence[tuple[str, str]],
-    ) -> Registration:
-        """One day of one table, partitioned by `import_*` (raw) or `snapshot_*` (refined) keys."""
+        tables: Mapping[str, TableOutput],
+        root: Callable[[str], str],
+    ) -> None:
+        """Register one day of each of a query's tables; `root(table)` is the table's location.
+
+        Raw tables are partitioned by the `import_*` keys, snapshot tables by `snapshot_*`.
+        """
         fields = day.fields("import" if zone == "raw" else "snapshot")
-        database, name = self.table_name(zone, query, table).split(".")
-        return Registration(
-            database=database,
-            table=name,
-            location=root,
-            columns=tuple(dtypes),
-            partition_keys=tuple(fields),
-            partition_values=tuple(fields.values()),
-            partition_location=partition,
-        )
+        registrations = []
+        for table, output in tables.items():
+            database, name = self.table_name(zone, query, table).split(".")
+            registrations.append(
+                Registration(
+                    database=database,
+                    table=name,
+                    location=root(table),
+                    columns=output.column_types,
+                    partition_keys=tuple(fields),
+                    partition_values=tuple(fields.values()),
+                    partition_location=output.path,
+                )
+            )
+        self.register(spark, registrations)
+
+    def _session_for_queries(self, spark: SparkSession | None) -> SparkSession:
+        if spark is None:
+            raise CatalogError("no Spark session to query the catalog with")
+        if self.backend == "glue":
+            databases = [self.raw_database, self.refined_database]
+            for registration in registrations_in_glue(boto3.client("glue"), databases):
+                register_in_session(spark, registration)
+        return spark
 
     def sql(self, spark: SparkSession | None, query: str, rows: int = 50) -> None:
         """Run Spark SQL against the catalog and print the result as a table."""
         if self.backend == "spark" and self.metastore:
             print(run_worker(Path(self.metastore), {"sql": query, "rows": rows}), end="")
-        elif spark is not None:
-            spark.sql(query).show(rows, truncate=False)
         else:
-            raise CatalogError("no Spark session to query the catalog with")
+            self._session_for_queries(spark).sql(query).show(rows, truncate=False)
 
     def query(self, spark: SparkSession | None, queries: Sequence[str]) -> list[list[dict[str, Any]]]:
-        """Run Spark SQL statements against the catalog; each one's rows, values as strings."""
+        """Run Spark SQL statements against the catalog; each one's rows, values as strings.
+
+        A Glue catalog is replayed into the session's own catalog first, since local Spark has
+        no Glue client; on EMR, set `ALLOY_CATALOG=spark` and the cluster reads Glue directly.
+        """
         if self.backend == "spark" and self.metastore:
             return json.loads(run_worker(Path(self.metastore), {"queries": list(queries)}))
-        if spark is None:
-            raise CatalogError("no Spark session to query the catalog with")
-        return [records(spark.sql(query)) for query in queries]
+        session = self._session_for_queries(spark)
+        return [records(session.sql(query)) for query in queries]

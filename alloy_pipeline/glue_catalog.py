@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -69,3 +69,32 @@ def register_in_glue(client: Any, registration: Registration) -> None:
             PartitionValueList=list(registration.partition_values),
             PartitionInput=partition_input,
         )
+
+
+def registrations_in_glue(client: Any, databases: Sequence[str]) -> Iterator[Registration]:
+    """Every partition Glue knows in `databases`, as registrations a Spark session can replay.
+
+    This is how `sql` queries a Glue catalog from a local Spark, which has no Glue client.
+    """
+    for database in databases:
+        for page in client.get_paginator("get_tables").paginate(DatabaseName=database):
+            for table in page["TableList"]:
+                keys = tuple(key["Name"] for key in table["PartitionKeys"])
+                columns = tuple((column["Name"], column["Type"]) for column in table["StorageDescriptor"]["Columns"])
+                partitions = client.get_paginator("get_partitions").paginate(
+                    DatabaseName=database, TableName=table["Name"]
+                )
+                for partition in (item for part in partitions for item in part["Partitions"]):
+                    yield Registration(
+                        database=database,
+                        table=table["Name"],
+                        location=_spark_location(table["StorageDescriptor"]["Location"]),
+                        columns=columns + tuple((key, "string") for key in keys),
+                        partition_keys=keys,
+                        partition_values=tuple(partition["Values"]),
+                        partition_location=_spark_location(partition["StorageDescriptor"]["Location"]),
+                    )
+
+
+def _spark_location(location: str) -> str:
+    return "s3a://" + location[len("s3://") :] if location.startswith("s3://") else location

@@ -7,7 +7,7 @@ import boto3
 import pytest
 
 from alloy_pipeline.catalog import Catalog
-from alloy_pipeline_tests.harness import Pipeline
+from alloy_pipeline_tests.harness import Pipeline, failure_text
 
 QUERY = "dw_container_job"
 DAYS = ["2024-03-01", "2024-03-02"]
@@ -61,8 +61,9 @@ def test_spark_catalog_in_the_local_metastore(jobs: Pipeline, tmp_path: Path) ->
     assert filled["n"] == "0", "day 1 predates the column"
 
 
-def test_glue_catalog_on_moto(jobs: Pipeline, aws: str) -> None:
-    jobs.catalog = Catalog(backend="glue", metastore=None)
+def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark) -> None:
+    catalog = Catalog(backend="glue", metastore=None)
+    jobs.catalog = catalog
     two_days_with_a_new_column(jobs)
     glue = boto3.client("glue")
 
@@ -82,3 +83,26 @@ def test_glue_catalog_on_moto(jobs: Pipeline, aws: str) -> None:
         if partition["Values"][-1] == "20240302"
     ]
     assert day2["StorageDescriptor"]["Location"] == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].path
+
+    [[count]] = catalog.query(
+        spark, [f"SELECT count(*) AS n FROM alloy_refined.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'"]
+    )
+    assert int(count["n"]) == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows
+
+
+def test_a_failed_registration_keeps_the_data_and_the_next_run_repairs_it(
+    jobs: Pipeline, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.catalog = Catalog(backend="glue", metastore=None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    result = jobs.run(DAYS[0], group="alloy_raw", raise_on_error=False)
+    assert not result.success
+    message = failure_text(result)
+    assert f"alloy_raw.{QUERY}_{QUERY}" in message and "the data is committed" in message
+    assert jobs.raw_manifest(QUERY, DAYS[0]) is not None, "the partition stays committed"
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    assert jobs.run(DAYS[0], group="alloy_raw").success
+    partitions = boto3.client("glue").get_partitions(DatabaseName="alloy_raw", TableName=f"{QUERY}_{QUERY}")
+    assert [partition["Values"][-1] for partition in partitions["Partitions"]] == ["20240301"]

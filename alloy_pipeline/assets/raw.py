@@ -187,20 +187,13 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         finally:
             lake.raw.delete(staging)
         convert_seconds = time.monotonic() - started
-        catalog.register(
+        catalog.register_tables(
             pyspark.spark_session,
-            [
-                catalog.registration(
-                    "raw",
-                    query.slug,
-                    table,
-                    day=day,
-                    root=lake.raw.uri_of(lake.raw_table_root(query.slug, table)),
-                    partition=output.path,
-                    dtypes=output.column_types,
-                )
-                for table, output in outputs.items()
-            ],
+            "raw",
+            query.slug,
+            day,
+            outputs,
+            root=lambda table: lake.raw.uri_of(lake.raw_table_root(query.slug, table)),
         )
         return dg.MaterializeResult(
             metadata={

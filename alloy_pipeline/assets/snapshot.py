@@ -343,19 +343,14 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
         finally:
             zone.delete(staging)
 
-        registrations = [
-            catalog.registration(
-                "refined",
-                query.slug,
-                table,
-                day=day,
-                root=zone.uri_of(lake.snapshot_table_root(query.slug, table)),
-                partition=entry.path,
-                dtypes=entry.column_types,
-            )
-            for table, entry in tables.items()
-        ]
-        catalog.register(spark, registrations)
+        catalog.register_tables(
+            spark,
+            "refined",
+            query.slug,
+            day,
+            tables,
+            root=lambda table: zone.uri_of(lake.snapshot_table_root(query.slug, table)),
+        )
         yield dg.MaterializeResult(
             metadata={
                 "dagster/row_count": tables[main_table].rows,
