@@ -10,9 +10,9 @@ from dagster_pyspark import PySparkResource
 
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import AqsQuery, load_queries
-from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
 from alloy_pipeline.assets.snapshot import build_snapshot_asset
+from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.lake import ALLOY_PREFIX, Lake
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.schedules import LONDON, build_schedules

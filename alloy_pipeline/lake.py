@@ -8,7 +8,6 @@ fails at any step leaves the previous version of the day (and every other day) a
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

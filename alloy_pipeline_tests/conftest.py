@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-
 import dagster as dg
 import pytest
 from moto.server import ThreadedMotoServer
@@ -20,10 +18,16 @@ from alloy_pipeline_tests.harness import API_KEY, Pipeline
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator[SparkSession]:
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
     """The session every Spark test shares; `PySparkResource(spark_config={})` picks it up."""
     builder = SparkSession.builder
-    for name, value in {**LOCAL_SPARK_CONFIG, "spark.driver.memory": "2g", "spark.sql.shuffle.partitions": "2"}.items():
+    settings = {
+        **LOCAL_SPARK_CONFIG,
+        "spark.driver.memory": "2g",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse")),
+    }
+    for name, value in settings.items():
         builder = builder.config(name, value)
     session = builder.getOrCreate()
     yield session

@@ -1,6 +1,7 @@
 """Tables queryable by name: Spark's catalog (the local Derby metastore) and AWS Glue (moto)."""
 
 import json
+import uuid
 from pathlib import Path
 
 import boto3
@@ -61,13 +62,19 @@ def test_spark_catalog_in_the_local_metastore(jobs: Pipeline, tmp_path: Path) ->
     assert filled["n"] == "0", "day 1 predates the column"
 
 
+def glue_catalog() -> Catalog:
+    """A Glue catalog with databases of this test's own: moto's server outlives one test."""
+    suffix = uuid.uuid4().hex[:8]
+    return Catalog(backend="glue", metastore=None, raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
+
+
 def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark) -> None:
-    catalog = Catalog(backend="glue", metastore=None)
+    catalog = glue_catalog()
     jobs.catalog = catalog
     two_days_with_a_new_column(jobs)
     glue = boto3.client("glue")
 
-    for database, keys in (("alloy_raw", "import"), ("alloy_refined", "snapshot")):
+    for database, keys in ((catalog.raw_database, "import"), (catalog.refined_database, "snapshot")):
         table = glue.get_table(DatabaseName=database, Name=f"{QUERY}_{QUERY}")["Table"]
         assert [key["Name"] for key in table["PartitionKeys"]] == [
             f"{keys}_year", f"{keys}_month", f"{keys}_day", f"{keys}_date"
@@ -79,13 +86,15 @@ def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark) -> None:
         assert sorted(partition["Values"][-1] for partition in partitions) == ["20240301", "20240302"]
     [day2] = [
         partition
-        for partition in glue.get_partitions(DatabaseName="alloy_refined", TableName=f"{QUERY}_{QUERY}")["Partitions"]
+        for partition in glue.get_partitions(DatabaseName=catalog.refined_database, TableName=f"{QUERY}_{QUERY}")[
+            "Partitions"
+        ]
         if partition["Values"][-1] == "20240302"
     ]
     assert day2["StorageDescriptor"]["Location"] == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].path
 
     [[count]] = catalog.query(
-        spark, [f"SELECT count(*) AS n FROM alloy_refined.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'"]
+        spark, [f"SELECT count(*) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'"]
     )
     assert int(count["n"]) == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows
 
@@ -93,16 +102,16 @@ def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark) -> None:
 def test_a_failed_registration_keeps_the_data_and_the_next_run_repairs_it(
     jobs: Pipeline, aws: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jobs.catalog = Catalog(backend="glue", metastore=None)
+    jobs.catalog = catalog = glue_catalog()
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     result = jobs.run(DAYS[0], group="alloy_raw", raise_on_error=False)
     assert not result.success
     message = failure_text(result)
-    assert f"alloy_raw.{QUERY}_{QUERY}" in message and "the data is committed" in message
+    assert f"{catalog.raw_database}.{QUERY}_{QUERY}" in message and "the data is committed" in message
     assert jobs.raw_manifest(QUERY, DAYS[0]) is not None, "the partition stays committed"
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     assert jobs.run(DAYS[0], group="alloy_raw").success
-    partitions = boto3.client("glue").get_partitions(DatabaseName="alloy_raw", TableName=f"{QUERY}_{QUERY}")
+    partitions = boto3.client("glue").get_partitions(DatabaseName=catalog.raw_database, TableName=f"{QUERY}_{QUERY}")
     assert [partition["Values"][-1] for partition in partitions["Partitions"]] == ["20240301"]

@@ -3,7 +3,6 @@
 import csv
 import logging
 import time
-from pathlib import Path
 
 import pytest
 

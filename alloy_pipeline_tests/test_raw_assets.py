@@ -5,8 +5,6 @@ import datetime as dt
 from pathlib import Path
 
 import boto3
-import dagster as dg
-import pytest
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault, demo_dataset
 from alloy_pipeline.naming import raw_key
