@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -201,11 +202,12 @@ class Lake(dg.ConfigurableResource):
         default="data/refined-zone", description="Root of the refined zone: a path, file://… or s3a://…"
     )
 
-    @property
+    @cached_property
     def raw(self) -> Zone:
+        """Parsed once: on S3 this builds a filesystem client, which resolves credentials."""
         return Zone.parse(self.raw_zone)
 
-    @property
+    @cached_property
     def refined(self) -> Zone:
         return Zone.parse(self.refined_zone)
 

@@ -85,20 +85,18 @@ def _require_column(frame: DataFrame, column: str, where: str) -> None:
         raise SnapshotError(f"{where} has no '{column}' column (columns: {', '.join(frame.columns)})")
 
 
-def _read_base(spark: SparkSession, base: SnapshotManifest) -> dict[str, DataFrame]:
-    """The base snapshot's tables under their raw names, so newer raw partitions line up."""
-    return {
-        table: rename_columns(
-            spark.read.parquet(entry.path).drop(*SNAPSHOT_COLUMNS),
-            {new: old for old, new in entry.renames.items()},
-        )
-        for table, entry in base.tables.items()
-    }
+def _read_snapshot_table(spark: SparkSession, entry: SnapshotTable) -> DataFrame:
+    """A stored snapshot table under its raw column names, so newer raw partitions line up."""
+    return rename_columns(
+        spark.read.parquet(entry.path).drop(*SNAPSHOT_COLUMNS), {new: old for old, new in entry.renames.items()}
+    )
 
 
 def merge_tables(spark: SparkSession, query: str, plan: SnapshotPlan) -> tuple[str, dict[str, DataFrame]]:
     """Apply the plan's raw partitions to its base; return the main table's name and all tables."""
-    tables = _read_base(spark, plan.base) if plan.base else {}
+    tables = (
+        {table: _read_snapshot_table(spark, entry) for table, entry in plan.base.tables.items()} if plan.base else {}
+    )
     main_table = plan.base.main_table if plan.base else plan.raws[0].main_table
     for raw in plan.raws:
         where = f"query {query}, raw partition {raw.day}"
@@ -193,7 +191,8 @@ def count_changes(spark: SparkSession, plan: SnapshotPlan, touched: int, rows: i
     previous_rows = plan.previous.tables[plan.previous.main_table].rows
     if plan.base is None and plan.raws:
         touched_ids = _raw_main_ids(spark, plan).select(ITEM_ID).distinct()
-        previous_ids = _read_base(spark, plan.previous)[plan.previous.main_table].select(ITEM_ID)
+        previous_main = plan.previous.tables[plan.previous.main_table]
+        previous_ids = _read_snapshot_table(spark, previous_main).select(ITEM_ID)
         replaced = touched_ids.join(previous_ids, ITEM_ID, "left_semi").count()
         return MergeCounts(
             expected_rows=touched,
