@@ -5,17 +5,19 @@ table (`<query>_<table>`, parquet, Hive-style partition keys), its current colum
 partition. Registration is idempotent, so re-running a day adds nothing, and the next run
 repairs a catalog that a failed registration left behind.
 
-Two backends: `spark` (Spark's own catalog: a persistent Derby metastore under the lake folder
-locally, whatever the cluster is configured with otherwise, e.g. Glue on EMR) and `glue` (the AWS
-Glue Data Catalog through boto3, which Athena reads).
+Two backends: `spark` (the step session's own catalog: the engine's Hive metastore locally,
+whatever the cluster is configured with otherwise, e.g. Glue on EMR) and `glue` (the AWS Glue
+Data Catalog through boto3, which Athena reads).
+
+In-process local Spark (no `SPARK_REMOTE`) has an in-memory catalog that ends with the step's
+process. Registration still runs there, costing a few statements, and says in the step's log
+that the tables it registered will not outlive the step.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import boto3
 import dagster as dg
@@ -25,11 +27,19 @@ from pyspark.sql import SparkSession
 from alloy_pipeline.glue_catalog import register_in_glue, registrations_in_glue
 from alloy_pipeline.lake import Day, TableOutput
 from alloy_pipeline.registration import Registration
-from alloy_pipeline.spark_catalog import records, register_in_session, run_worker
+from alloy_pipeline.spark_catalog import register_in_session
 
 
 class CatalogError(RuntimeError):
     """A registration the catalog refused; the data it describes is already committed."""
+
+
+def _warn_if_ephemeral(spark: SparkSession) -> None:
+    if spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
+        dg.get_dagster_logger().warning(
+            "registering in local Spark's in-memory catalog, which ends with this step: "
+            "set SPARK_REMOTE (e.g. `alloy-pipeline engine start`) to keep tables queryable by name"
+        )
 
 
 class Catalog(dg.ConfigurableResource):
@@ -38,11 +48,6 @@ class Catalog(dg.ConfigurableResource):
     backend: Literal["spark", "glue"] = Field(default="spark", description="ALLOY_CATALOG: spark or glue.")
     raw_database: str = Field(default="alloy_raw", description="Database of the raw tables.")
     refined_database: str = Field(default="alloy_refined", description="Database of the snapshot tables.")
-    metastore: str | None = Field(
-        default="data/catalog",
-        description="Folder of the local Derby metastore (spark backend with local Spark); "
-        "None to use the Spark session's own catalog, as on a cluster.",
-    )
 
     def register(self, spark: SparkSession, registrations: Sequence[Registration]) -> None:
         """Register partitions; a refusal is a CatalogError that says the data is in place."""
@@ -52,9 +57,8 @@ class Catalog(dg.ConfigurableResource):
                 client = boto3.client("glue")
                 for registration in registrations:
                     register_in_glue(client, registration)
-            elif self.metastore:
-                run_worker(Path(self.metastore), {"register": [r.model_dump(mode="json") for r in registrations]})
             else:
+                _warn_if_ephemeral(spark)
                 for registration in registrations:
                     register_in_session(spark, registration)
         except Exception as error:
@@ -97,29 +101,17 @@ class Catalog(dg.ConfigurableResource):
             )
         self.register(spark, registrations)
 
-    def _session_for_queries(self, spark: SparkSession | None) -> SparkSession:
-        if spark is None:
-            raise CatalogError("no Spark session to query the catalog with")
+    def _session_for_queries(self, spark: SparkSession) -> SparkSession:
+        """`spark`, with a Glue catalog replayed into it first: local Spark has no Glue client.
+
+        On EMR, set `ALLOY_CATALOG=spark` instead and the cluster reads Glue directly.
+        """
         if self.backend == "glue":
             databases = [self.raw_database, self.refined_database]
             for registration in registrations_in_glue(boto3.client("glue"), databases):
                 register_in_session(spark, registration)
         return spark
 
-    def sql(self, spark: SparkSession | None, query: str, rows: int = 50) -> None:
+    def sql(self, spark: SparkSession, query: str, rows: int = 50) -> None:
         """Run Spark SQL against the catalog and print the result as a table."""
-        if self.backend == "spark" and self.metastore:
-            print(run_worker(Path(self.metastore), {"sql": query, "rows": rows}), end="")
-        else:
-            self._session_for_queries(spark).sql(query).show(rows, truncate=False)
-
-    def query(self, spark: SparkSession | None, queries: Sequence[str]) -> list[list[dict[str, Any]]]:
-        """Run Spark SQL statements against the catalog; each one's rows, values as strings.
-
-        A Glue catalog is replayed into the session's own catalog first, since local Spark has
-        no Glue client; on EMR, set `ALLOY_CATALOG=spark` and the cluster reads Glue directly.
-        """
-        if self.backend == "spark" and self.metastore:
-            return json.loads(run_worker(Path(self.metastore), {"queries": list(queries)}))
-        session = self._session_for_queries(spark)
-        return [records(session.sql(query)) for query in queries]
+        self._session_for_queries(spark).sql(query).show(rows, truncate=False)

@@ -1,4 +1,5 @@
-"""`alloy-pipeline`: the demo (the real pipeline against the local Alloy simulator) and a rebuild."""
+"""`alloy-pipeline`: the local Spark engine, the demo (the real pipeline against the local Alloy
+simulator), snapshot rebuilds, and Spark SQL against the catalog."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 from pyspark.sql import SparkSession
 
-from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
+from alloy_pipeline import engine
+from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import Day, Lake
 from alloy_pipeline.schedules import LONDON
+from alloy_pipeline.spark import connected
 
 DEMO_API_KEY = "demo-key"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -47,16 +50,27 @@ def _days(first: dt.date, last: dt.date) -> list[str]:
     return [(first + dt.timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
 
 
-def rebuild_snapshots(definitions: dg.Definitions, days: list[str], instance: dg.DagsterInstance) -> None:
-    """Re-materialise every snapshot asset for `days`, one run per day in date order.
+def _ranges(days: list[str], size: int) -> list[list[str]]:
+    return [days[start : start + size] for start in range(0, len(days), size)]
 
-    This is what an asset backfill launched from the UI does; each snapshot builds on the one
-    before it, so the order matters.
+
+def rebuild_snapshots(definitions: dg.Definitions, days: list[str], instance: dg.DagsterInstance) -> None:
+    """Re-materialise every snapshot asset for `days` in date order, as an asset backfill does.
+
+    Each run covers as many days as the snapshot assets' backfill policy allows (31 by
+    default); within a run, each day is built on the one before it and committed in turn.
     """
     job = definitions.resolve_implicit_global_asset_job_def()
     snapshots = [key for key in definitions.resolve_all_asset_keys() if key.path[1] == "snapshot"]
-    for day in days:
-        job.execute_in_process(partition_key=day, instance=instance, asset_selection=snapshots, run_config=QUIET)
+    policy = definitions.resolve_assets_def(snapshots[0]).backfill_policy
+    size = (policy.max_partitions_per_run if policy else None) or len(days)
+    for chunk in _ranges(days, size):
+        job.execute_in_process(
+            instance=instance,
+            asset_selection=snapshots,
+            run_config=QUIET,
+            tags={"dagster/asset_partition_range_start": chunk[0], "dagster/asset_partition_range_end": chunk[-1]},
+        )
 
 
 def _queries(definitions: dg.Definitions) -> list[str]:
@@ -87,32 +101,50 @@ def _report_day(lake: Lake, queries: list[str], day: str) -> None:
                 print(f"    {kind:<8} {table:<24} {entry.rows:>5} rows  {entry.path}")
 
 
+def demo_engine(data: Path) -> EngineSettings:
+    """The engine of the demo lake under `data`, which `make dev` and `make sql` use too."""
+    return EngineSettings(
+        home=data / "engine", metastore=data / "catalog" / "metastore_db", warehouse=data / "catalog" / "warehouse"
+    )
+
+
 def demo(data: Path, days: int) -> int:
     """Run the real pipeline for `days` consecutive days against the simulator, then rebuild."""
+    from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
     from alloy_pipeline.definitions import build_definitions
 
     data = data.resolve()
-    raw_zone, refined_zone, metastore = data / "raw-zone", data / "refined-zone", data / "catalog"
-    for stale in (raw_zone, refined_zone, metastore):
+    raw_zone, refined_zone = data / "raw-zone", data / "refined-zone"
+    for stale in (raw_zone, refined_zone):
         shutil.rmtree(stale, ignore_errors=True)
     yesterday = dt.datetime.now(ZoneInfo(LONDON)).date() - dt.timedelta(days=1)
     keys = _days(yesterday - dt.timedelta(days=days - 1), yesterday)
-    with AlloySimulator(dataset=demo_dataset(), api_key=DEMO_API_KEY) as simulator, _environment(
-        {
-            "ALLOY_API_URL": simulator.url,
-            "ALLOY_API_KEY": DEMO_API_KEY,
-            "ALLOY_RAW_ZONE": str(raw_zone),
-            "ALLOY_REFINED_ZONE": str(refined_zone),
-            "ALLOY_CATALOG": "spark",
-            "ALLOY_CATALOG_METASTORE": str(metastore),
-        }
-    ):
+    print("Starting the Spark engine (a Spark Connect server on loopback)", flush=True)
+    with ExitStack() as stack:
+        state = stack.enter_context(engine.running(demo_engine(data)))
+        simulator = stack.enter_context(AlloySimulator(dataset=demo_dataset(), api_key=DEMO_API_KEY))
+        stack.enter_context(
+            _environment(
+                {
+                    "SPARK_REMOTE": state.url,
+                    "ALLOY_API_URL": simulator.url,
+                    "ALLOY_API_KEY": DEMO_API_KEY,
+                    "ALLOY_RAW_ZONE": str(raw_zone),
+                    "ALLOY_REFINED_ZONE": str(refined_zone),
+                    "ALLOY_CATALOG": "spark",
+                }
+            )
+        )
         definitions = build_definitions()
+        catalog = definitions.resources["catalog"]
+        spark = stack.enter_context(connected(state.url))
+        for database in (catalog.raw_database, catalog.refined_database):
+            spark.sql(f"DROP DATABASE IF EXISTS `{database}` CASCADE")
         lake = Lake(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
         queries = _queries(definitions)
         daily = definitions.resolve_job_def("alloy_daily")
         instance = _instance()
-        print(f"Alloy simulator at {simulator.url}; lake under {data}")
+        print(f"Spark engine at {state.url}; Alloy simulator at {simulator.url}; lake under {data}")
         for number, day in enumerate(keys):
             if number:
                 changes = simulator.dataset.simulate_day(seed=number)
@@ -124,7 +156,6 @@ def demo(data: Path, days: int) -> int:
             daily.execute_in_process(partition_key=day, instance=instance, run_config=QUIET)
             _report_day(lake, queries, day)
 
-        spark = SparkSession.builder.getOrCreate()
         before = _snapshot_rows(spark, lake, queries, keys)
         print(f"\nRebuilding every snapshot from {keys[0]} to {keys[-1]} in date order, as a backfill does")
         rebuild_snapshots(definitions, keys, instance)
@@ -133,28 +164,25 @@ def demo(data: Path, days: int) -> int:
             f"Rebuilt {len(before)} snapshot partitions: "
             + ("identical to the originals." if identical else "DIFFERENT from the originals!")
         )
-        catalog = definitions.resources["catalog"]
         latest = Day.from_key(keys[-1]).compact
         counts = [
             f"SELECT '{name}' AS table_name, count(*) AS row_count FROM {name} WHERE snapshot_date = '{latest}'"
             for name in (catalog.table_name("refined", query, query) for query in queries)
         ]
         print(f"\nThe latest snapshots, queried by table name (try it: make sql q=\"{counts[0]}\"):")
-        catalog.sql(None, " UNION ALL ".join(counts))
+        catalog.sql(spark, " UNION ALL ".join(counts))
     print("Browse the runs, partitions, metadata and checks: `make dev`, then open http://127.0.0.1:3000")
     return 0 if identical else 1
 
 
-def sql(query: str) -> int:
-    """Run Spark SQL against the configured catalog and print the result."""
+def sql(query: str, data: Path) -> int:
+    """Run Spark SQL against the configured catalog, through SPARK_REMOTE or the local engine."""
     from alloy_pipeline.definitions import build_definitions
-    from alloy_pipeline.spark import spark_config
 
     catalog = build_definitions().resources["catalog"]
-    spark = None
-    if not (catalog.backend == "spark" and catalog.metastore):
-        spark = SparkSession.builder.config(map=spark_config(os.environ.get("SPARK_REMOTE"))).getOrCreate()
-    catalog.sql(spark, query)
+    with ExitStack() as stack:
+        remote = os.environ.get("SPARK_REMOTE") or stack.enter_context(engine.running(demo_engine(data))).url
+        catalog.sql(stack.enter_context(connected(remote)), query)
     return 0
 
 
@@ -169,9 +197,35 @@ def rebuild(first: dt.date, last: dt.date) -> int:
     return 0
 
 
+def engine_command(action: str, settings: EngineSettings) -> int:
+    """`start` prints only the SPARK_REMOTE value on stdout, so scripts can capture it."""
+    if action == "start":
+        state, started = engine.start(settings)
+        verb = "started" if started else "already running"
+        print(f"Spark engine {verb} (pid {state.pid}, log {state.log})", file=sys.stderr)
+        print(state.url)
+        return 0
+    if action == "stop":
+        stopped = engine.stop(settings)
+        print("Spark engine stopped" if stopped else f"no Spark engine was running from {settings.home}", file=sys.stderr)
+        return 0
+    state = engine.status(settings)
+    if state is None:
+        print(f"no Spark engine is running from {settings.home}", file=sys.stderr)
+        return 1
+    print(f"Spark engine running (pid {state.pid}, log {state.log})", file=sys.stderr)
+    print(state.url)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alloy-pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    engine_parser = commands.add_parser("engine", help="start, stop or inspect the local Spark engine")
+    engine_parser.add_argument("action", choices=["start", "stop", "status"])
+    engine_parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the engine's state and catalog")
+    engine_parser.add_argument("--port", type=int, default=engine.DEFAULT_PORT, help="loopback port of the server")
+    engine_parser.add_argument("--memory", default="4g", help="heap of the engine's JVM, e.g. 8g")
     demo_parser = commands.add_parser("demo", help="run the pipeline for a few days against the local simulator")
     demo_parser.add_argument("--data", type=Path, default=Path("data"), help="folder for the demo lake (its zones are wiped)")
     demo_parser.add_argument("--days", type=int, default=3, help="consecutive days to materialise")
@@ -180,11 +234,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     rebuild_parser.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     sql_parser = commands.add_parser("sql", help="run Spark SQL against the configured catalog")
     sql_parser.add_argument("query", help='e.g. "SHOW TABLES IN alloy_refined"')
+    sql_parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the engine (without SPARK_REMOTE)")
     args = parser.parse_args(argv)
+    if args.command == "engine":
+        settings = EngineSettings.model_validate(
+            demo_engine(args.data.resolve()).model_dump() | {"port": args.port, "driver_memory": args.memory}
+        )
+        return engine_command(args.action, settings)
     if args.command == "demo":
         return demo(args.data, args.days)
     if args.command == "sql":
-        return sql(args.query)
+        return sql(args.query, args.data.resolve())
     return rebuild(args.first, args.last)
 
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from dagster_pyspark import PySparkResource
 
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import AqsQuery, load_queries
@@ -16,11 +15,12 @@ from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.lake import ALLOY_PREFIX, Lake
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.schedules import LONDON, build_schedules
-from alloy_pipeline.spark import spark_config
+from alloy_pipeline.spark import SparkResource
 
 DEFAULT_API_URL = "https://api.uk.alloyapp.io"
 DEFAULT_PARTITIONS_START = "2024-01-01"
 DEFAULT_MAX_CONCURRENT_EXPORTS = "4"
+DEFAULT_SNAPSHOT_DAYS_PER_RUN = "31"
 
 
 def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
@@ -32,9 +32,16 @@ def daily_partitions(start: str) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=start, timezone=LONDON)
 
 
-def build_query_definitions(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.Definitions:
+def build_query_definitions(
+    query: AqsQuery, partitions: dg.PartitionsDefinition, *, days_per_run: int = int(DEFAULT_SNAPSHOT_DAYS_PER_RUN)
+) -> dg.Definitions:
     """Everything one AQS file contributes to the code location."""
-    return dg.Definitions(assets=[build_raw_asset(query, partitions), build_snapshot_asset(query, partitions)])
+    return dg.Definitions(
+        assets=[
+            build_raw_asset(query, partitions),
+            build_snapshot_asset(query, partitions, days_per_run=days_per_run),
+        ]
+    )
 
 
 def build_executor(max_exports: int) -> dg.ExecutorDefinition:
@@ -65,10 +72,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             backend=os.environ.get("ALLOY_CATALOG", "spark"),
             raw_database=os.environ.get("ALLOY_RAW_DATABASE", "alloy_raw"),
             refined_database=os.environ.get("ALLOY_REFINED_DATABASE", "alloy_refined"),
-            metastore=None if "SPARK_REMOTE" in os.environ else os.environ.get("ALLOY_CATALOG_METASTORE", "data/catalog"),
         ),
         "mappings": MappingFiles(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
-        "pyspark": PySparkResource(spark_config=spark_config(os.environ.get("SPARK_REMOTE"))),
+        "pyspark": SparkResource(remote=_env_or("SPARK_REMOTE", None)),
     }
 
 
@@ -76,8 +82,9 @@ def build_definitions() -> dg.Definitions:
     """The whole code location, from the environment as it is now."""
     queries = load_queries(Path(os.environ.get("ALLOY_AQS_DIR", "aqs_queries")))
     partitions = daily_partitions(os.environ.get("ALLOY_PARTITIONS_START", DEFAULT_PARTITIONS_START))
+    days_per_run = int(os.environ.get("ALLOY_SNAPSHOT_DAYS_PER_RUN", DEFAULT_SNAPSHOT_DAYS_PER_RUN))
     return dg.Definitions.merge(
-        *(build_query_definitions(query, partitions) for query in queries),
+        *(build_query_definitions(query, partitions, days_per_run=days_per_run) for query in queries),
         build_schedules([query.slug for query in queries], partitions),
         dg.Definitions(
             resources=build_resources(),

@@ -1,6 +1,22 @@
-"""Spark settings: local Spark tuned for a small machine, or a Spark Connect server when asked."""
+"""Spark sessions: a client of a Spark Connect server (the local engine or a cluster), or local Spark."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+from pydantic import Field
+from pyspark.sql import SparkSession
+
+SESSION_SETTINGS: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+}
+"""Runtime settings every session carries, whatever the server's defaults: results must not
+depend on the engine's time zone, and partition values (`import_month=03`) stay strings."""
 
 LOCAL_SPARK_CONFIG: dict[str, str] = {
     "spark.master": "local[2]",
@@ -8,20 +24,59 @@ LOCAL_SPARK_CONFIG: dict[str, str] = {
     "spark.driver.memory": "4g",
     "spark.sql.shuffle.partitions": "4",
     "spark.sql.adaptive.enabled": "true",
-    "spark.sql.session.timeZone": "UTC",
-    "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
+    **SESSION_SETTINGS,
 }
+"""Spark in one JVM tuned for a small machine: the engine's settings, and in-process Spark's."""
 
 
-def spark_config(remote: str | None) -> dict[str, str]:
-    """The session config for `PySparkResource`: Spark Connect if `remote` is set, else local.
+def connect_session(remote: str) -> SparkSession:
+    """A Spark Connect session on `remote` carrying `SESSION_SETTINGS`.
 
-    A Connect session refuses static settings such as the master, so it gets only its URL and
-    the runtime settings that make results independent of the server's time zone.
+    It switches this process's pyspark into Connect mode (`pyspark.sql.functions` then build
+    Connect expressions), so a process is either a client or runs local Spark, never both.
     """
-    if remote:
-        return {"spark.remote": remote}
-    return dict(LOCAL_SPARK_CONFIG)
+    return SparkSession.builder.remote(remote).config(map=SESSION_SETTINGS).getOrCreate()
+
+
+@contextmanager
+def connected(remote: str) -> Iterator[SparkSession]:
+    """A Connect session closed at the end of the block, while its server still runs: a client
+    left open past its server's stop spends minutes retrying to say goodbye when Python exits."""
+    session = connect_session(remote)
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+class SparkResource(PySparkResource):
+    """The Spark session of a step: a Spark Connect client when `remote` is set, else local Spark.
+
+    With `remote`, a step starts no JVM: it talks to the engine (`alloy-pipeline engine start`)
+    or a cluster's Connect endpoint, and catalog registration runs in that server's session. The
+    step's log names its session, whose id the server's log and Spark UI show against each job;
+    the URL's parameters (a Databricks token, say) are never logged.
+    """
+
+    remote: str | None = Field(
+        default=None, description="SPARK_REMOTE: a Spark Connect URL (sc://host:port); unset for local Spark."
+    )
+    spark_config: dict[str, Any] = Field(
+        default=LOCAL_SPARK_CONFIG, description="Settings of local Spark, used when `remote` is unset."
+    )
+
+    @classmethod
+    def _is_dagster_maintained(cls) -> bool:
+        return False
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if not self.remote:
+            super().setup_for_execution(context)
+            return
+        self._spark_session = connect_session(self.remote)
+        if context.log is not None:
+            endpoint = self.remote.split(";", 1)[0]
+            context.log.info(f"Spark Connect session {self._spark_session.session_id} on {endpoint}")

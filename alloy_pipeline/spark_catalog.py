@@ -1,29 +1,17 @@
-"""Registration in Spark's own catalog, and the local Derby metastore that backs it on a laptop.
+"""Registration in a Spark session's own catalog, as Spark SQL DDL.
 
-Derby admits one process at a time, and Dagster runs steps in parallel processes, so the local
-metastore is only ever opened by a short-lived worker process (`python -m
-alloy_pipeline.spark_catalog`) holding a file lock; no long-lived JVM keeps it booted. This module
-imports only pyspark and pydantic, so the worker starts quickly.
+The session is the step's: on the local engine its catalog is the Hive metastore the engine's
+JVM owns, on a cluster whatever the cluster is configured with (Glue on EMR, Unity on
+Databricks). Registration therefore costs a few statements, never a process of its own.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 
 from alloy_pipeline.registration import Registration
-
-
-class MetastoreError(RuntimeError):
-    """The local metastore worker failed."""
 
 
 def _quote(name: str) -> str:
@@ -69,69 +57,3 @@ def register_in_session(spark: SparkSession, registration: Registration) -> None
     existing = spark.table(registration.qualified_name).columns
     for statement in update_statements(registration, existing):
         spark.sql(statement)
-
-
-def local_metastore_session(folder: Path) -> SparkSession:
-    """A local Spark session whose catalog is the persistent Derby metastore in `folder`."""
-    folder = folder.resolve()
-    return (
-        SparkSession.builder.master("local[1]")
-        .appName("alloy-pipeline-catalog")
-        .config("spark.ui.enabled", "false")
-        .config("spark.log.level", "ERROR")
-        .config("spark.sql.warehouse.dir", str(folder / "warehouse"))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.hadoop.javax.jdo.option.ConnectionURL", f"jdbc:derby:;databaseName={folder / 'metastore_db'};create=true")
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={folder}")
-        .enableHiveSupport()
-        .getOrCreate()
-    )
-
-
-@contextmanager
-def metastore_lock(folder: Path) -> Iterator[None]:
-    """Derby admits one process at a time: every user of the local metastore takes this lock."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def records(frame: DataFrame) -> list[dict[str, Any]]:
-    """Rows as dictionaries of strings, for printing and for tests."""
-    return [{name: None if value is None else str(value) for name, value in row.asDict().items()} for row in frame.collect()]
-
-
-def run_worker(folder: Path, request: dict[str, Any]) -> str:
-    """Run metastore work in a short-lived process; return what it printed."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "alloy_pipeline.spark_catalog", str(folder)],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if completed.returncode != 0:
-        raise MetastoreError(f"local Spark metastore in {folder} failed: {completed.stderr.strip()[-2000:]}")
-    return completed.stdout
-
-
-def _worker(folder: Path, request: dict[str, Any]) -> None:
-    with metastore_lock(folder):
-        spark = local_metastore_session(folder)
-        try:
-            for registration in request.get("register", []):
-                register_in_session(spark, Registration.model_validate(registration))
-            if "queries" in request:
-                print(json.dumps([records(spark.sql(query)) for query in request["queries"]]))
-            elif "sql" in request:
-                spark.sql(request["sql"]).show(request["rows"], truncate=False)
-        finally:
-            spark.stop()
-
-
-if __name__ == "__main__":
-    _worker(Path(sys.argv[1]), json.loads(sys.stdin.read()))

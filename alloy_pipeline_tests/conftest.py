@@ -1,7 +1,8 @@
-"""Shared fixtures: one local SparkSession for the whole test session."""
+"""Shared fixtures: one Spark engine for the whole test session, and this process a client of it."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,26 +13,43 @@ import pytest
 from moto.server import ThreadedMotoServer
 from pyspark.sql import SparkSession
 
+from alloy_pipeline import engine as engines
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
-from alloy_pipeline.spark import LOCAL_SPARK_CONFIG
+from alloy_pipeline.engine import EngineSettings
+from alloy_pipeline.spark import connected
 from alloy_pipeline_tests.harness import API_KEY, Pipeline
+
+ENGINE_TIME_ZONE = "America/New_York"
+"""The test engine's own default: every session must still work in UTC."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
-    """The session every Spark test shares; `PySparkResource(spark_config={})` picks it up."""
-    builder = SparkSession.builder
-    settings = {
-        **LOCAL_SPARK_CONFIG,
-        "spark.driver.memory": "2g",
-        "spark.sql.shuffle.partitions": "2",
-        "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("warehouse")),
-    }
-    for name, value in settings.items():
-        builder = builder.config(name, value)
-    session = builder.getOrCreate()
-    yield session
-    session.stop()
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineSettings]:
+    """The local engine, as `alloy-pipeline engine start` runs it, in a folder and on a port of its own."""
+    root = tmp_path_factory.mktemp("engine")
+    settings = EngineSettings(
+        home=root / "home",
+        metastore=root / "catalog" / "metastore_db",
+        warehouse=root / "catalog" / "warehouse",
+        port=free_port(),
+        driver_memory="3g",
+        extra_conf={"spark.sql.shuffle.partitions": "2", "spark.sql.session.timeZone": ENGINE_TIME_ZONE},
+    )
+    with engines.running(settings):
+        yield settings
+
+
+@pytest.fixture(scope="session")
+def spark(engine: EngineSettings) -> Iterator[SparkSession]:
+    """The session every Spark test shares: a client of the test engine, as every step is."""
+    with connected(engine.url) as session:
+        yield session
 
 
 @pytest.fixture
@@ -47,8 +65,12 @@ def instance() -> Iterator[dg.DagsterInstance]:
 
 
 @pytest.fixture
-def pipeline(simulator: AlloySimulator, spark: SparkSession, instance: dg.DagsterInstance, tmp_path: Path) -> Pipeline:
-    return Pipeline.create(simulator, spark, instance, tmp_path, ["DW Container Job", "Graffiti Reports", "Gully Inspections"])
+def pipeline(
+    simulator: AlloySimulator, engine: EngineSettings, spark: SparkSession, instance: dg.DagsterInstance, tmp_path: Path
+) -> Pipeline:
+    return Pipeline.create(
+        simulator, engine.url, spark, instance, tmp_path, ["DW Container Job", "Graffiti Reports", "Gully Inspections"]
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster_pyspark import PySparkResource
 from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline.alloy.client import AlloyApi
@@ -18,6 +17,7 @@ from alloy_pipeline.definitions import build_query_definitions, daily_partitions
 from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.naming import raw_key
+from alloy_pipeline.spark import SparkResource
 
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "e2e-secret-key"
@@ -26,9 +26,10 @@ RUN_TIME_COLUMNS = ("import_datetime", "import_timestamp")
 
 @dataclass
 class Pipeline:
-    """The pipeline as a user runs it, over a private lake and AQS folder."""
+    """The pipeline as a user runs it, over a private lake and AQS folder, through the test engine."""
 
     simulator: AlloySimulator
+    remote: str
     spark: SparkSession
     instance: dg.DagsterInstance
     root: Path
@@ -48,6 +49,7 @@ class Pipeline:
     def create(
         cls,
         simulator: AlloySimulator,
+        remote: str,
         spark: SparkSession,
         instance: dg.DagsterInstance,
         root: Path,
@@ -57,7 +59,7 @@ class Pipeline:
         (root / "aqs").mkdir(parents=True)
         for name in queries:
             shutil.copy(REPO / "aqs_queries" / f"{name}.json", root / "aqs")
-        return cls(simulator, spark, instance, root, mapping_location or str(root / "mappings"))
+        return cls(simulator, remote, spark, instance, root, mapping_location or str(root / "mappings"))
 
     def resources(self) -> dict[str, object]:
         return {
@@ -70,13 +72,13 @@ class Pipeline:
             "lake": self.lake,
             "mappings": MappingFiles(location=self.mapping_location),
             "catalog": self.catalog or self.session_catalog(),
-            "pyspark": PySparkResource(spark_config={}),
+            "pyspark": SparkResource(remote=self.remote),
         }
 
     def session_catalog(self) -> Catalog:
-        """Registration in the test session's in-memory catalog, under databases of this test's own."""
+        """Registration in the test engine's catalog, under databases of this test's own."""
         suffix = self.root.name.lower().replace("-", "_")[-40:]
-        return Catalog(backend="spark", metastore=None, raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
+        return Catalog(backend="spark", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
     def assets(self) -> list[dg.AssetsDefinition]:
         """Built from the AQS folder as it is now, as the code location would on reload."""

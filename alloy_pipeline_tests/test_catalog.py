@@ -1,4 +1,4 @@
-"""Tables queryable by name: Spark's catalog (the local Derby metastore) and AWS Glue (moto)."""
+"""Tables queryable by name: the engine's Spark catalog (Hive on Derby) and AWS Glue (moto)."""
 
 import json
 import uuid
@@ -29,25 +29,26 @@ def two_days_with_a_new_column(pipeline: Pipeline) -> None:
 
 
 @pytest.fixture
-def jobs(simulator, spark, instance, tmp_path: Path) -> Pipeline:
-    return Pipeline.create(simulator, spark, instance, tmp_path, ["DW Container Job"])
+def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Pipeline:
+    return Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"])
 
 
-def test_spark_catalog_in_the_local_metastore(jobs: Pipeline, tmp_path: Path) -> None:
-    catalog = Catalog(backend="spark", metastore=str(tmp_path / "catalog"))
-    jobs.catalog = catalog
+def test_spark_catalog_of_the_engine(jobs: Pipeline, spark) -> None:
+    catalog = jobs.session_catalog()
     two_days_with_a_new_column(jobs)
+    raw, refined = catalog.raw_database, catalog.refined_database
 
-    tables, raw_partitions, snapshot_partitions, description, [count], [filled] = catalog.query(
-        None,
-        [
-            "SHOW TABLES IN alloy_refined",
-            f"SHOW PARTITIONS alloy_raw.{QUERY}_{QUERY}",
-            f"SHOW PARTITIONS alloy_refined.{QUERY}_{QUERY}",
-            f"DESCRIBE TABLE alloy_refined.{QUERY}_{QUERY}",
-            f"SELECT count(*) AS n FROM alloy_refined.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'",
-            f"SELECT count({NEW_COLUMN}) AS n FROM alloy_refined.{QUERY}_{QUERY} WHERE snapshot_date = '20240301'",
-        ],
+    assert spark.conf.get("spark.sql.catalogImplementation") == "hive", "a persistent metastore, not in-memory"
+    tables, raw_partitions, snapshot_partitions, description, [count], [filled] = (
+        spark.sql(statement).collect()
+        for statement in (
+            f"SHOW TABLES IN {refined}",
+            f"SHOW PARTITIONS {raw}.{QUERY}_{QUERY}",
+            f"SHOW PARTITIONS {refined}.{QUERY}_{QUERY}",
+            f"DESCRIBE TABLE {refined}.{QUERY}_{QUERY}",
+            f"SELECT count(*) AS n FROM {refined}.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'",
+            f"SELECT count({NEW_COLUMN}) AS n FROM {refined}.{QUERY}_{QUERY} WHERE snapshot_date = '20240301'",
+        )
     )
     assert {row["tableName"] for row in tables} == {f"{QUERY}_{QUERY}", f"{QUERY}_waste_container_1"}
     assert [row["partition"] for row in raw_partitions] == [
@@ -58,17 +59,17 @@ def test_spark_catalog_in_the_local_metastore(jobs: Pipeline, tmp_path: Path) ->
     columns = [row["col_name"] for row in description]
     assert NEW_COLUMN in columns
     assert {"snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date"} <= set(columns)
-    assert int(count["n"]) == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows
-    assert filled["n"] == "0", "day 1 predates the column"
+    assert count["n"] == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows
+    assert filled["n"] == 0, "day 1 predates the column"
 
 
 def glue_catalog() -> Catalog:
     """A Glue catalog with databases of this test's own: moto's server outlives one test."""
     suffix = uuid.uuid4().hex[:8]
-    return Catalog(backend="glue", metastore=None, raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
+    return Catalog(backend="glue", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
 
-def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark) -> None:
+def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark, capsys: pytest.CaptureFixture[str]) -> None:
     catalog = glue_catalog()
     jobs.catalog = catalog
     two_days_with_a_new_column(jobs)
@@ -93,10 +94,10 @@ def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark) -> None:
     ]
     assert day2["StorageDescriptor"]["Location"] == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].path
 
-    [[count]] = catalog.query(
-        spark, [f"SELECT count(*) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'"]
-    )
-    assert int(count["n"]) == jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows
+    capsys.readouterr()
+    catalog.sql(spark, f"SELECT count(*) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'")
+    printed = capsys.readouterr().out
+    assert f"|{jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows}" in printed.replace(" ", ""), printed
 
 
 def test_a_failed_registration_keeps_the_data_and_the_next_run_repairs_it(

@@ -63,9 +63,11 @@ def test_full_then_incremental_keeping_the_query_filter(pipeline: Pipeline) -> N
         assert API_KEY not in str(body)
 
 
-def test_csv_landed_as_received_and_parquet_matches_it(spark, instance, tmp_path: Path) -> None:
+def test_csv_landed_as_received_and_parquet_matches_it(engine, spark, instance, tmp_path: Path) -> None:
     with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, bom=True) as simulator:
-        pipeline = Pipeline.create(simulator, spark, instance, tmp_path, ["Gully Inspections", "DW Container Job"])
+        pipeline = Pipeline.create(
+            simulator, engine.url, spark, instance, tmp_path, ["Gully Inspections", "DW Container Job"]
+        )
         pipeline.run("2024-03-01", group="alloy_raw")
     landing = tmp_path / "raw-zone/env-services/alloy/alloy_api_downloads/dw_container_job"
     landed = landing / "import_year=2024/import_month=03/import_day=01/import_date=20240301"

@@ -13,7 +13,8 @@ from pathlib import Path
 import dagster as dg
 from dagster_pyspark import PySparkResource
 from pydantic import Field
-from pyspark.sql import SparkSession
+from pyspark.sql import Observation, SparkSession
+from pyspark.sql import functions as F
 
 from alloy_pipeline.alloy.client import AlloyApi, Export
 from alloy_pipeline.aqs import AqsQuery
@@ -52,12 +53,16 @@ def watermark_for(manifests: list[RawManifest], day: Day, overlap: dt.timedelta)
 
 
 def import_stamp(day: Day, requested_at: dt.datetime) -> dict[str, str | dt.datetime]:
-    """The `import_*` columns: the partition's day, and when the export was requested (UTC)."""
+    """The `import_*` columns: the partition's day, and when the export was requested (UTC).
+
+    The timestamp stays time-zone aware: Spark reads a naive datetime in the client's local
+    time zone, so a step on a machine outside UTC would shift it.
+    """
     moment = requested_at.astimezone(dt.timezone.utc)
     return {
         **day.fields("import"),
         "import_datetime": moment.strftime("%Y-%m-%d %H:%M:%S"),
-        "import_timestamp": moment.replace(tzinfo=None),
+        "import_timestamp": moment,
     }
 
 
@@ -104,8 +109,11 @@ def convert_tables(
             )
             parquet = f"{staging}/parquet/{table}"
             conformed = conform_csv(frame, columns, stamp)
-            conformed.write.mode("overwrite").parquet(zone.uri_of(parquet))
-            rows = spark.read.parquet(zone.uri_of(parquet)).count()
+            written = Observation()
+            conformed.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(
+                zone.uri_of(parquet)
+            )
+            rows = written.get["rows"]
         except Exception as error:
             raise RuntimeError(f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}") from error
         outputs[table] = TableOutput(

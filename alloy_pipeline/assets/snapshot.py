@@ -4,7 +4,8 @@ Snapshot D is a function of stored data only (the snapshot before D, the raw par
 up to D, and the mapping files), so a backfill in date order rebuilds the same partitions.
 """
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import reduce
 
@@ -246,9 +247,271 @@ def _checks_after_write(
     ]
 
 
-def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
-    """The daily snapshot asset of one AQS query, with its checks."""
+class BlockedSnapshot(SnapshotError):
+    """A blocking check failed before anything was written; the failed check travels with the error."""
+
+    def __init__(self, message: str, check: dg.AssetCheckResult) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+@dataclass(frozen=True)
+class SnapshotStep:
+    """What building one query's snapshot days needs; shared by every day of a run."""
+
+    query: str
+    lake: Lake
+    mappings: MappingFiles
+    catalog: Catalog
+    spark: SparkSession
+    run_id: str
+    log: logging.Logger
+
+
+@dataclass(frozen=True)
+class StagedTable:
+    """A merged table ready to write: stamped, renamed, and counting its rows while it is written."""
+
+    frame: DataFrame
+    origin: Observation
+    renames: dict[str, str]
+    mapping_source: str | None
+
+
+@dataclass(frozen=True)
+class CommittedDay:
+    """A snapshot day that is committed and registered, with what the UI shows for it."""
+
+    manifest: SnapshotManifest
+    metadata: dict[str, object]
+    checks: tuple[dg.AssetCheckResult, ...]
+
+
+def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, DataFrame]) -> dict[str, StagedTable]:
+    """Stamp each merged table with the day and rename it by its mapping file (read before any write)."""
+    stamp = plan.day.fields("snapshot")
+    staged: dict[str, StagedTable] = {}
+    for table, frame in sorted(merged.items()):
+        observed, origin = observe_origin(frame, plan)
+        stamped = stamp_columns(observed, stamp)
+        mapping = step.mappings.load(f"{step.query}_{table}")
+        renames = mapping.for_columns(stamped.columns) if mapping else {}
+        staged[table] = StagedTable(
+            frame=rename_columns(stamped, renames),
+            origin=origin,
+            renames=renames,
+            mapping_source=mapping.source if mapping else None,
+        )
+    return staged
+
+
+def _write_and_commit(
+    step: SnapshotStep, plan: SnapshotPlan, main_table: str, staged: dict[str, StagedTable], keys: RawKeys
+) -> tuple[SnapshotManifest, MergeCounts]:
+    """Write every table under staging, then commit the day: its manifest is written last."""
+    lake, day, zone = step.lake, plan.day, step.lake.refined
+    staging = lake.staging_dir(step.run_id, step.query)
+    try:
+        tables: dict[str, SnapshotTable] = {}
+        for table, entry in staged.items():
+            entry.frame.write.mode("overwrite").parquet(zone.uri_of(f"{staging}/{table}"))
+            tables[table] = SnapshotTable(
+                path=zone.uri_of(lake.snapshot_table_dir(step.query, table, day)),
+                rows=entry.origin.get["rows"],
+                column_types=tuple(entry.frame.dtypes),
+                mapping_source=entry.mapping_source,
+                renames=entry.renames,
+            )
+        main_origin = staged[main_table].origin.get
+        counts = count_changes(
+            step.spark, plan, keys.touched, rows=main_origin["rows"], from_raws=main_origin["from_raws"]
+        )
+        manifest = SnapshotManifest(
+            query=step.query,
+            day=day.date,
+            run_id=step.run_id,
+            main_table=main_table,
+            base_day=plan.base.day if plan.base else None,
+            raw_days=tuple(raw.day for raw in plan.raws),
+            inserted=counts.inserted,
+            replaced=counts.replaced,
+            carried_forward=counts.carried_forward,
+            removed=counts.removed,
+            tables=tables,
+        )
+        lake.commit_snapshot(
+            manifest, {f"{staging}/{table}": lake.snapshot_table_dir(step.query, table, day) for table in tables}
+        )
+    finally:
+        zone.delete(staging)
+    return manifest, counts
+
+
+def _materialization_metadata(
+    step: SnapshotStep, plan: SnapshotPlan, manifest: SnapshotManifest, counts: MergeCounts
+) -> dict[str, object]:
+    """What the UI shows for a committed day: its tables as written, the merge counts and its inputs."""
+    tables = manifest.tables
+    main = tables[manifest.main_table]
+    return {
+        "dagster/row_count": main.rows,
+        "dagster/column_schema": table_schema(main),
+        "dagster/table_name": step.catalog.table_name("refined", step.query, manifest.main_table),
+        "path": dg.MetadataValue.path(main.path),
+        "rows": dg.MetadataValue.json({table: entry.rows for table, entry in tables.items()}),
+        "paths": dg.MetadataValue.json({table: entry.path for table, entry in tables.items()}),
+        "inserted": counts.inserted,
+        "replaced": counts.replaced,
+        "carried_forward": counts.carried_forward,
+        "removed": counts.removed,
+        "base_snapshot": plan.base.day.isoformat() if plan.base else "none",
+        "raw_partitions": dg.MetadataValue.json([raw.day.isoformat() for raw in plan.raws]),
+        "mappings": dg.MetadataValue.json(
+            {table: entry.mapping_source for table, entry in tables.items() if entry.mapping_source}
+        ),
+        "preview": preview(step.spark.read.parquet(main.path), main),
+    }
+
+
+def build_day(step: SnapshotStep, plan: SnapshotPlan) -> CommittedDay:
+    """Merge, check, write and commit snapshot `plan.day`, then register it in the catalog.
+
+    Raises BlockedSnapshot (nothing written) when a raw main table repeats an item id.
+    """
+    day = plan.day
+    step.log.info(
+        f"{step.query} {day.key}: base snapshot {plan.base.day if plan.base else 'none'}, "
+        f"raw partitions {[raw.day.isoformat() for raw in plan.raws] or 'none (carried forward)'}"
+    )
+    main_table, merged = merge_tables(step.spark, step.query, plan)
+    keys = inspect_raw_keys(step.spark, plan)
+    unique = _unique_check(keys)
+    if not unique.passed:
+        raise BlockedSnapshot(
+            f"query {step.query}, partition {day.key}: {keys.duplicated} item ids appear more than once in a raw "
+            "main table; the snapshot was not written (check unique_item_id)",
+            unique,
+        )
+    staged = _stage_tables(step, plan, merged)
+    manifest, counts = _write_and_commit(step, plan, main_table, staged, keys)
+    step.catalog.register_tables(
+        step.spark,
+        "refined",
+        step.query,
+        day,
+        manifest.tables,
+        root=lambda table: step.lake.refined.uri_of(step.lake.snapshot_table_root(step.query, table)),
+    )
+    return CommittedDay(
+        manifest=manifest,
+        metadata=_materialization_metadata(step, plan, manifest, counts),
+        checks=(unique, *_checks_after_write(manifest, plan.previous, counts)),
+    )
+
+
+def snapshot_one_day(step: SnapshotStep, day: Day) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """A run of one partition: Dagster records these results against the run's partition."""
+    plan = plan_snapshot(step.query, day, step.lake.snapshot_manifests(step.query), step.lake.raw_manifests(step.query))
+    try:
+        committed = build_day(step, plan)
+    except BlockedSnapshot as blocked:
+        yield blocked.check
+        raise
+    yield dg.MaterializeResult(metadata=committed.metadata)
+    yield from committed.checks
+
+
+def _evaluation(result: dg.AssetCheckResult, spec: dg.AssetCheckSpec, day: Day) -> dg.AssetCheckEvaluation:
+    """`result` as recorded on `day`: an AssetCheckResult takes the run's partition, and a ranged run has none."""
+    return dg.AssetCheckEvaluation(
+        asset_key=spec.asset_key,
+        check_name=spec.name,
+        passed=result.passed,
+        metadata=result.metadata,
+        severity=result.severity,
+        description=result.description,
+        blocking=spec.blocking,
+        partition=day.key,
+    )
+
+
+def _range_failure(query: str, days: list[Day], index: int) -> str:
+    committed = f"the days up to {days[index - 1].key} are committed" if index else "no earlier day was committed"
+    return (
+        f"query {query}, partition {days[index].key}: the run over {days[0].key}..{days[-1].key} "
+        f"stopped at this day; {committed}"
+    )
+
+
+def snapshot_days(
+    step: SnapshotStep, key: dg.AssetKey, days: list[Day], specs: Mapping[str, dg.AssetCheckSpec]
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """A run over a range of days: each day is committed, then reported, before the next is built.
+
+    Day D+1 is planned from the manifests as they stand after D's commit, so it reads D back
+    from the lake exactly as a run of D+1 alone would: the result cannot differ from day-by-day
+    runs, and every day's Spark plan stays as small as a single day's (carrying the DataFrame
+    lineage across 31 days would not). Reporting each day as it is committed lets a failure on
+    day k leave the days before it materialized, in the lake and in Dagster alike.
+    """
+    snapshots = step.lake.snapshot_manifests(step.query)
+    raws = step.lake.raw_manifests(step.query)
+    for index, day in enumerate(days):
+        try:
+            committed = build_day(step, plan_snapshot(step.query, day, snapshots, raws))
+        except Exception as error:
+            if isinstance(error, BlockedSnapshot):
+                yield _evaluation(error.check, specs[error.check.check_name], day)
+            raise SnapshotError(_range_failure(step.query, days, index)) from error
+        snapshots = [manifest for manifest in snapshots if manifest.day != day.date] + [committed.manifest]
+        yield dg.AssetMaterialization(asset_key=key, partition=day.key, metadata=committed.metadata)
+        yield from (_evaluation(check, specs[check.check_name], day) for check in committed.checks)
+
+
+def _check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+    """The snapshot's checks, evaluated per day.
+
+    Partitioned like the asset, so each evaluation is recorded on its day in a single-day run and
+    in a ranged run alike (unpartitioned, a single-day run records its evaluation on no partition).
+    """
+    return [
+        dg.AssetCheckSpec(
+            "unique_item_id",
+            asset=key,
+            blocking=True,
+            description="Each item appears once in the main table.",
+            partitions_def=partitions,
+        ),
+        dg.AssetCheckSpec(
+            "row_count_reconciles",
+            asset=key,
+            description="Main-table rows equal previous − replaced + new root items.",
+            partitions_def=partitions,
+        ),
+        dg.AssetCheckSpec(
+            "schema_drift",
+            asset=key,
+            description="Columns added or removed since the previous snapshot.",
+            partitions_def=partitions,
+        ),
+    ]
+
+
+def build_snapshot_asset(
+    query: AqsQuery, partitions: dg.PartitionsDefinition, *, days_per_run: int
+) -> dg.AssetsDefinition:
+    """The daily snapshot asset of one AQS query, with its checks.
+
+    A backfill runs up to `days_per_run` days in one run: starting Spark and the run costs more
+    than a day's merge. Each day depends on the day before, so Dagster launches those runs one
+    at a time, in date order, each once the day before its first is materialized.
+    """
+    if days_per_run < 1:
+        raise ValueError(
+            f"query {query.slug}: days_per_run (ALLOY_SNAPSHOT_DAYS_PER_RUN) must be at least 1, not {days_per_run}"
+        )
     key = snapshot_key(query.slug)
+    specs = _check_specs(key, partitions)
 
     @dg.asset(
         key=key,
@@ -260,19 +523,12 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
             dg.AssetDep(raw_key(query.slug)),
             dg.AssetDep(key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
         ],
-        check_specs=[
-            dg.AssetCheckSpec(
-                "unique_item_id", asset=key, blocking=True, description="Each item appears once in the main table."
-            ),
-            dg.AssetCheckSpec(
-                "row_count_reconciles",
-                asset=key,
-                description="Main-table rows equal previous − replaced + new root items.",
-            ),
-            dg.AssetCheckSpec(
-                "schema_drift", asset=key, description="Columns added or removed since the previous snapshot."
-            ),
-        ],
+        check_specs=specs,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=days_per_run),
+        # A ranged run reports each day as it commits it, so a failure leaves the days before it
+        # materialized; the output, which Dagster would turn into a materialization of every day
+        # of the range once the run ends, is left out.
+        output_required=False,
     )
     def snapshot(
         context: dg.AssetExecutionContext,
@@ -280,97 +536,25 @@ def build_snapshot_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -
         mappings: MappingFiles,
         catalog: Catalog,
         pyspark: PySparkResource,
-    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-        spark = pyspark.spark_session
-        day = Day.from_key(context.partition_key)
-        plan = plan_snapshot(query.slug, day, lake.snapshot_manifests(query.slug), lake.raw_manifests(query.slug))
-        context.log.info(
-            f"{query.slug} {day.key}: base snapshot {plan.base.day if plan.base else 'none'}, "
-            f"raw partitions {[raw.day.isoformat() for raw in plan.raws] or 'none (carried forward)'}"
+    ) -> Iterator[
+        dg.MaterializeResult | dg.AssetCheckResult | dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output
+    ]:
+        step = SnapshotStep(
+            query=query.slug,
+            lake=lake,
+            mappings=mappings,
+            catalog=catalog,
+            spark=pyspark.spark_session,
+            run_id=context.run.run_id,
+            log=context.log,
         )
-        main_table, merged = merge_tables(spark, query.slug, plan)
-        keys = inspect_raw_keys(spark, plan)
-        unique = _unique_check(keys)
-        if not unique.passed:
-            yield unique
-            raise SnapshotError(
-                f"query {query.slug}, partition {day.key}: {unique.metadata['duplicated_keys'].value} item ids "
-                "appear more than once in a raw main table; the snapshot was not written (check unique_item_id)"
-            )
-        stamp = day.fields("snapshot")
-        renamed: dict[str, tuple[DataFrame, Observation, dict[str, str], str | None]] = {}
-        for table, frame in sorted(merged.items()):
-            observed, origin = observe_origin(frame, plan)
-            stamped = stamp_columns(observed, stamp)
-            mapping = mappings.load(f"{query.slug}_{table}")
-            renames = mapping.for_columns(stamped.columns) if mapping else {}
-            renamed[table] = (rename_columns(stamped, renames), origin, renames, mapping.source if mapping else None)
-
-        zone = lake.refined
-        staging = lake.staging_dir(context.run.run_id, query.slug)
-        try:
-            tables: dict[str, SnapshotTable] = {}
-            for table, (frame, origin, renames, source) in renamed.items():
-                frame.write.mode("overwrite").parquet(zone.uri_of(f"{staging}/{table}"))
-                tables[table] = SnapshotTable(
-                    path=zone.uri_of(lake.snapshot_table_dir(query.slug, table, day)),
-                    rows=origin.get["rows"],
-                    column_types=tuple(frame.dtypes),
-                    mapping_source=source,
-                    renames=renames,
-                )
-            main_origin = renamed[main_table][1].get
-            counts = count_changes(
-                spark, plan, keys.touched, rows=main_origin["rows"], from_raws=main_origin["from_raws"]
-            )
-            manifest = SnapshotManifest(
-                query=query.slug,
-                day=day.date,
-                run_id=context.run.run_id,
-                main_table=main_table,
-                base_day=plan.base.day if plan.base else None,
-                raw_days=tuple(raw.day for raw in plan.raws),
-                inserted=counts.inserted,
-                replaced=counts.replaced,
-                carried_forward=counts.carried_forward,
-                removed=counts.removed,
-                tables=tables,
-            )
-            lake.commit_snapshot(
-                manifest, {f"{staging}/{table}": lake.snapshot_table_dir(query.slug, table, day) for table in tables}
-            )
-        finally:
-            zone.delete(staging)
-
-        catalog.register_tables(
-            spark,
-            "refined",
-            query.slug,
-            day,
-            tables,
-            root=lambda table: zone.uri_of(lake.snapshot_table_root(query.slug, table)),
-        )
-        yield dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": tables[main_table].rows,
-                "dagster/column_schema": table_schema(tables[main_table]),
-                "dagster/table_name": catalog.table_name("refined", query.slug, main_table),
-                "path": dg.MetadataValue.path(tables[main_table].path),
-                "rows": dg.MetadataValue.json({table: entry.rows for table, entry in tables.items()}),
-                "paths": dg.MetadataValue.json({table: entry.path for table, entry in tables.items()}),
-                "inserted": counts.inserted,
-                "replaced": counts.replaced,
-                "carried_forward": counts.carried_forward,
-                "removed": counts.removed,
-                "base_snapshot": plan.base.day.isoformat() if plan.base else "none",
-                "raw_partitions": dg.MetadataValue.json([raw.day.isoformat() for raw in plan.raws]),
-                "mappings": dg.MetadataValue.json(
-                    {table: entry.mapping_source for table, entry in tables.items() if entry.mapping_source}
-                ),
-                "preview": preview(spark.read.parquet(tables[main_table].path), tables[main_table]),
-            }
-        )
-        yield unique
-        yield from _checks_after_write(manifest, plan.previous, counts)
+        if context.has_partition_key:
+            yield from snapshot_one_day(step, Day.from_key(context.partition_key))
+            return
+        days = [Day.from_key(partition) for partition in sorted(context.partition_keys)]
+        yield from snapshot_days(step, key, days, {spec.name: spec for spec in specs})
+        # Dagster requires each selected check's output once; an AssetCheckResult would have yielded it.
+        for check_key in context.selected_asset_check_keys:
+            yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
     return snapshot

@@ -1,0 +1,177 @@
+"""The local engine, and the pipeline as a user runs it: `dagster asset materialize` processes that
+are clients of one Spark Connect server, or run local Spark themselves when SPARK_REMOTE is unset."""
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+from alloy_pipeline import engine as engines
+from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
+from alloy_pipeline.engine import EngineError, EngineSettings
+from alloy_pipeline.lake import Lake
+from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE, free_port
+from alloy_pipeline_tests.harness import API_KEY, REPO, Pipeline
+
+QUERY = "dw_container_job"
+QUERIES = ["DW Container Job", "Graffiti Reports", "Gully Inspections"]
+
+
+def materialize_in_subprocess(day: str, environment: dict[str, str], select: str = "*") -> str:
+    """`dagster asset materialize`, as a user runs it; returns its output."""
+    completed = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
+            "-m", "alloy_pipeline.definitions", "--select", select, "--partition", day,
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-8000:]
+    return output
+
+
+def user_environment(simulator: AlloySimulator, tmp_path: Path, queries: list[str]) -> dict[str, str]:
+    aqs_dir = tmp_path / "aqs"
+    aqs_dir.mkdir()
+    for name in queries:
+        shutil.copy(REPO / "aqs_queries" / f"{name}.json", aqs_dir)
+    (tmp_path / "dagster_home").mkdir()
+    environment = {
+        **os.environ,
+        "ALLOY_API_URL": simulator.url,
+        "ALLOY_API_KEY": API_KEY,
+        "ALLOY_AQS_DIR": str(aqs_dir),
+        "ALLOY_RAW_ZONE": str(tmp_path / "raw"),
+        "ALLOY_REFINED_ZONE": str(tmp_path / "refined"),
+        "ALLOY_RAW_DATABASE": f"raw_{tmp_path.name}",
+        "ALLOY_REFINED_DATABASE": f"refined_{tmp_path.name}",
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    environment.pop("SPARK_REMOTE", None)
+    environment.pop("SPARK_CONNECT_MODE_ENABLED", None)
+    return environment
+
+
+def step_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float]]:
+    starts, ends = {}, {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            starts[event.step_key] = record.timestamp
+        elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+            ends[event.step_key] = record.timestamp
+    return {step: (starts[step], ends[step]) for step in starts}
+
+
+def overlap(first: tuple[float, float], second: tuple[float, float]) -> bool:
+    return first[0] < second[1] and second[0] < first[1]
+
+
+def test_parallel_steps_are_clients_of_one_engine(engine: EngineSettings, spark: SparkSession, tmp_path: Path) -> None:
+    """One run of every query: steps in parallel processes, all talking to the engine, with one
+    Alloy export in flight at a time, and every table registered in the engine's one catalog."""
+    with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, task_seconds=1.0) as simulator:
+        environment = user_environment(simulator, tmp_path, QUERIES) | {
+            "SPARK_REMOTE": engine.url,
+            "ALLOY_MAX_CONCURRENT_EXPORTS": "1",
+        }
+        output = materialize_in_subprocess("2024-03-01", environment)
+    assert "in-memory catalog" not in output
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        windows = step_windows(instance, run.run_id)
+    raw = [window for step, window in windows.items() if "__raw__" in step]
+    snapshots = [window for step, window in windows.items() if "__snapshot__" in step]
+    assert len(raw) == len(snapshots) == len(QUERIES)
+    assert not any(overlap(a, b) for i, a in enumerate(raw) for b in raw[i + 1 :]), "one export at a time"
+    assert any(overlap(a, b) for a in raw for b in snapshots), "other steps run alongside the export"
+
+    lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
+    for query in ("dw_container_job", "graffiti_reports", "gully_inspections"):
+        [manifest] = lake.snapshot_manifests(query)
+        [count] = spark.sql(
+            f"SELECT count(*) AS n FROM refined_{tmp_path.name}.{query}_{query} WHERE snapshot_date = '20240301'"
+        ).collect()
+        assert count.n == manifest.tables[query].rows, f"{query} is registered in the engine's catalog"
+    state = engines.status(engine)
+    assert state is not None and "Spark Connect - session_id" in state.log.read_text(errors="replace")
+
+
+def test_local_spark_without_spark_remote(simulator: AlloySimulator, tmp_path: Path) -> None:
+    """Without SPARK_REMOTE a step runs local Spark itself; its catalog ends with it, and it says so."""
+    environment = user_environment(simulator, tmp_path, ["Graffiti Reports"])
+    output = materialize_in_subprocess("2024-03-01", environment, select="alloy/raw/graffiti_reports")
+    [manifest] = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined")).raw_manifests(
+        "graffiti_reports"
+    )
+    assert manifest.tables["graffiti_reports"].rows == pq.read_table(manifest.tables["graffiti_reports"].path).num_rows
+    assert "registering in local Spark's in-memory catalog, which ends with this step" in output
+
+
+def test_import_timestamp_is_utc_whatever_the_time_zones(
+    engine: EngineSettings, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine defaults to another time zone, and the step's machine to a third."""
+    fresh = ConnectSession.builder.remote(engine.url).create()
+    assert fresh.conf.get("spark.sql.session.timeZone") == ENGINE_TIME_ZONE
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        pipeline.run("2024-07-01", group="alloy_raw")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    manifest = pipeline.raw_manifest(QUERY, "2024-07-01")
+    assert manifest is not None
+    requested = manifest.requested_at.astimezone(dt.timezone.utc)
+    table = pq.read_table(manifest.tables[QUERY].path, columns=["import_timestamp", "import_datetime"]).to_pylist()
+    assert {row["import_datetime"] for row in table} == {requested.strftime("%Y-%m-%d %H:%M:%S")}
+    assert {row["import_timestamp"].replace(tzinfo=dt.timezone.utc) for row in table} == {requested}
+
+
+def test_start_reuses_the_running_engine(engine: EngineSettings) -> None:
+    running = engines.status(engine)
+    assert running is not None
+    assert engines.start(engine) == (running, False)
+
+
+def test_stop_ends_only_the_engine_it_started(tmp_path: Path) -> None:
+    """A recorded pid that is no longer a Spark Connect server (pids get reused) is left alone."""
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        settings = EngineSettings(home=tmp_path, port=free_port())
+        state = engines.EngineState(url=settings.url, pid=bystander.pid, log=tmp_path / "server.out")
+        settings.state_file.write_text(state.model_dump_json())
+        assert engines.status(settings) is None
+        assert engines.stop(settings) is False
+        assert bystander.poll() is None, "another program's process was left running"
+        assert not settings.state_file.exists()
+    finally:
+        bystander.kill()
+
+
+def test_start_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(EngineError, match=f"port {port} .* is taken by another program"):
+            engines.start(EngineSettings(home=tmp_path, port=port))
