@@ -5,6 +5,7 @@ up to D, and the mapping files), so a backfill in date order rebuilds the same p
 """
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import reduce
@@ -511,25 +512,30 @@ def build_snapshot_asset(
             f"query {query.slug}: days_per_run (ALLOY_SNAPSHOT_DAYS_PER_RUN) must be at least 1, not {days_per_run}"
         )
     key = snapshot_key(query.slug)
-    specs = _check_specs(key, partitions)
+    with warnings.catch_warnings():
+        # A beta and a preview feature, used knowingly with dagster pinned; their warnings would
+        # greet every load of the code location.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        specs = _check_specs(key, partitions)
+        as_asset = dg.asset(
+            key=key,
+            partitions_def=partitions,
+            group_name="alloy_snapshot",
+            kinds={"spark", "parquet"},
+            description=f"Daily snapshot of `{query.path.name}`: one row per live item, columns renamed.",
+            deps=[
+                dg.AssetDep(raw_key(query.slug)),
+                dg.AssetDep(key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
+            ],
+            check_specs=specs,
+            backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=days_per_run),
+            # A ranged run reports each day as it commits it, so a failure leaves the days before it
+            # materialized; the output, which Dagster would turn into a materialization of every day
+            # of the range once the run ends, is left out.
+            output_required=False,
+        )
 
-    @dg.asset(
-        key=key,
-        partitions_def=partitions,
-        group_name="alloy_snapshot",
-        kinds={"spark", "parquet"},
-        description=f"Daily snapshot of `{query.path.name}`: one row per live item, columns renamed.",
-        deps=[
-            dg.AssetDep(raw_key(query.slug)),
-            dg.AssetDep(key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),
-        ],
-        check_specs=specs,
-        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=days_per_run),
-        # A ranged run reports each day as it commits it, so a failure leaves the days before it
-        # materialized; the output, which Dagster would turn into a materialization of every day
-        # of the range once the run ends, is left out.
-        output_required=False,
-    )
     def snapshot(
         context: dg.AssetExecutionContext,
         lake: Lake,
@@ -557,4 +563,4 @@ def build_snapshot_asset(
         for check_key in context.selected_asset_check_keys:
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
-    return snapshot
+    return as_asset(snapshot)
