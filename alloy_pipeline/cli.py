@@ -46,13 +46,6 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def daily_job() -> dg.JobDefinition:
-    """`alloy_daily` from the environment: rebuilt in each step's process by `dg.reconstructable`."""
-    from alloy_pipeline.definitions import build_definitions
-
-    return build_definitions().resolve_job_def("alloy_daily")
-
-
 def _days(first: dt.date, last: dt.date) -> list[str]:
     return [(first + dt.timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
 
@@ -149,7 +142,8 @@ def demo(data: Path, days: int) -> int:
             spark.sql(f"DROP DATABASE IF EXISTS `{database}` CASCADE")
         lake = Lake(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
         queries = _queries(definitions)
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.local_temp()
+        daily = definitions.resolve_job_def("alloy_daily")
+        instance = _instance()
         print(f"Spark engine at {state.url}; Alloy simulator at {simulator.url}; lake under {data}")
         for number, day in enumerate(keys):
             if number:
@@ -159,12 +153,7 @@ def demo(data: Path, days: int) -> int:
                     f"{len(changes.deleted)} deleted, {len(changes.unlinked)} links cleared"
                 )
             print(f"\n{day}: materialising alloy_daily (raw extracts, then snapshots)")
-            result = dg.execute_job(
-                dg.reconstructable(daily_job), instance, run_config=QUIET, tags={"dagster/partition": day}
-            )
-            if not result.success:
-                print(f"the run of {day} failed: see run {result.run_id} in `make dev`", file=sys.stderr)
-                return 1
+            daily.execute_in_process(partition_key=day, instance=instance, run_config=QUIET)
             _report_day(lake, queries, day)
 
         before = _snapshot_rows(spark, lake, queries, keys)
