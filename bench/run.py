@@ -71,7 +71,7 @@ from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import Lake, SnapshotManifest
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.naming import raw_key
-from alloy_pipeline.spark import SparkResource, connect_session
+from alloy_pipeline.spark import SparkResource, connect_session, connected
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -684,13 +684,8 @@ def measure_rebuild(bench: BenchEngine, root: Path, n_items: int, days: int, edi
     rebuilt = [m.day.isoformat() for m in workspace.lake.snapshot_manifests(QUERY) if m.run_id == result.run_id]
     if rebuilt != keys:
         raise RuntimeError(f"the ranged run committed {rebuilt}, not {keys}")
-    spark = connect_session(bench.url)
-    try:
+    with connected(bench.url) as spark:  # this process's one session, the runs' too, closed before the engine stops
         copies = plain_copies(spark, workspace.snapshot(keys[0]), root / "plain-copy", times=days)
-    finally:
-        # This process's one session (the runs' too). Left open, the client's exit handler would
-        # retry a call to the stopped engine for minutes.
-        spark.stop()
     activity = engine_activity(bench.events)
     return RebuildRun(
         items=n_items,
