@@ -101,13 +101,6 @@ def _report_day(lake: Lake, queries: list[str], day: str) -> None:
                 print(f"    {kind:<8} {table:<24} {entry.rows:>5} rows  {entry.path}")
 
 
-def demo_engine(data: Path) -> EngineSettings:
-    """The engine of the demo lake under `data`, which `make dev` and `make sql` use too."""
-    return EngineSettings(
-        home=data / "engine", metastore=data / "catalog" / "metastore_db", warehouse=data / "catalog" / "warehouse"
-    )
-
-
 def demo(data: Path, days: int) -> int:
     """Run the real pipeline for `days` consecutive days against the simulator, then rebuild."""
     from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
@@ -121,7 +114,7 @@ def demo(data: Path, days: int) -> int:
     keys = _days(yesterday - dt.timedelta(days=days - 1), yesterday)
     print("Starting the Spark engine (a Spark Connect server on loopback)", flush=True)
     with ExitStack() as stack:
-        state = stack.enter_context(engine.running(demo_engine(data)))
+        state = stack.enter_context(engine.running(EngineSettings.under(data)))
         simulator = stack.enter_context(AlloySimulator(dataset=demo_dataset(), api_key=DEMO_API_KEY))
         stack.enter_context(
             _environment(
@@ -181,7 +174,7 @@ def sql(query: str, data: Path) -> int:
 
     catalog = build_definitions().resources["catalog"]
     with ExitStack() as stack:
-        remote = os.environ.get("SPARK_REMOTE") or stack.enter_context(engine.running(demo_engine(data))).url
+        remote = os.environ.get("SPARK_REMOTE") or stack.enter_context(engine.running(EngineSettings.under(data))).url
         catalog.sql(stack.enter_context(connected(remote)), query)
     return 0
 
@@ -237,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql_parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the engine (without SPARK_REMOTE)")
     args = parser.parse_args(argv)
     if args.command == "engine":
-        settings = EngineSettings.model_validate(
-            demo_engine(args.data.resolve()).model_dump() | {"port": args.port, "driver_memory": args.memory}
-        )
+        settings = EngineSettings.under(args.data.resolve(), port=args.port, driver_memory=args.memory)
         return engine_command(args.action, settings)
     if args.command == "demo":
         return demo(args.data, args.days)

@@ -52,6 +52,18 @@ class EngineSettings(BaseModel):
     extra_conf: dict[str, str] = Field(default_factory=dict, description="More --conf settings for the server.")
     start_timeout_seconds: float = Field(default=180, gt=0, description="How long `start` waits for an answer.")
 
+    @classmethod
+    def under(cls, root: Path, **settings: object) -> EngineSettings:
+        """The engine of a data folder: its state in `root/engine`, its catalog in `root/catalog`."""
+        return cls.model_validate(
+            {
+                "home": root / "engine",
+                "metastore": root / "catalog" / "metastore_db",
+                "warehouse": root / "catalog" / "warehouse",
+                **settings,
+            }
+        )
+
     @property
     def url(self) -> str:
         return f"sc://{LOOPBACK}:{self.port}"
@@ -105,6 +117,16 @@ def _is_our_server(pid: int) -> bool:
         except (OSError, subprocess.SubprocessError):
             return False
     return SERVER_CLASS.encode() in command
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now, other than the default one `make demo` takes."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind((LOOPBACK, 0))
+            port = probe.getsockname()[1]
+        if port != DEFAULT_PORT:
+            return port
 
 
 def _answers(port: int) -> bool:

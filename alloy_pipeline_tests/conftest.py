@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,21 +22,13 @@ ENGINE_TIME_ZONE = "America/New_York"
 """The test engine's own default: every session must still work in UTC."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineSettings]:
     """The local engine, as `alloy-pipeline engine start` runs it, in a folder and on a port of its own."""
     root = tmp_path_factory.mktemp("engine")
-    settings = EngineSettings(
-        home=root / "home",
-        metastore=root / "catalog" / "metastore_db",
-        warehouse=root / "catalog" / "warehouse",
-        port=free_port(),
+    settings = EngineSettings.under(
+        root,
+        port=engines.free_port(),
         driver_memory="3g",
         extra_conf={"spark.sql.shuffle.partitions": "2", "spark.sql.session.timeZone": ENGINE_TIME_ZONE},
     )

@@ -20,7 +20,7 @@ from alloy_pipeline import engine as engines
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
 from alloy_pipeline.engine import EngineError, EngineSettings
 from alloy_pipeline.lake import Lake
-from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE, free_port
+from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE
 from alloy_pipeline_tests.harness import API_KEY, REPO, Pipeline
 
 QUERY = "dw_container_job"
@@ -157,7 +157,7 @@ def test_stop_ends_only_the_engine_it_started(tmp_path: Path) -> None:
     """A recorded pid that is no longer a Spark Connect server (pids get reused) is left alone."""
     bystander = subprocess.Popen(["sleep", "60"])
     try:
-        settings = EngineSettings(home=tmp_path, port=free_port())
+        settings = EngineSettings(home=tmp_path, port=engines.free_port())
         state = engines.EngineState(url=settings.url, pid=bystander.pid, log=tmp_path / "server.out")
         settings.state_file.write_text(state.model_dump_json())
         assert engines.status(settings) is None

@@ -39,7 +39,6 @@ import os
 import platform
 import re
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -117,16 +116,6 @@ class BenchEngine:
         return self.settings.url
 
 
-def _free_port() -> int:
-    """A free loopback port, never the default one: `make demo` starts its own engine there."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind((engines.LOOPBACK, 0))
-            port = probe.getsockname()[1]
-        if port != engines.DEFAULT_PORT:
-            return port
-
-
 @contextmanager
 def bench_engine(root: Path) -> Iterator[BenchEngine]:
     """An engine of the bench's own, with Spark's event log as one plain JSON-lines file.
@@ -136,11 +125,9 @@ def bench_engine(root: Path) -> Iterator[BenchEngine]:
     """
     events = root / "spark-events"
     events.mkdir(parents=True)
-    settings = EngineSettings(
-        home=root / "home",
-        metastore=root / "catalog" / "metastore_db",
-        warehouse=root / "catalog" / "warehouse",
-        port=_free_port(),
+    settings = EngineSettings.under(
+        root,
+        port=engines.free_port(),
         extra_conf={
             "spark.eventLog.enabled": "true",
             "spark.eventLog.dir": events.resolve().as_uri(),
