@@ -21,7 +21,7 @@ from typing import Literal
 
 import boto3
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.glue_catalog import register_in_glue, registrations_in_glue
@@ -49,6 +49,9 @@ class Catalog(dg.ConfigurableResource):
     raw_database: str = Field(default="alloy_raw", description="Database of the raw tables.")
     refined_database: str = Field(default="alloy_refined", description="Database of the snapshot tables.")
 
+    _columns: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+    """Columns of the tables this step registered, by table: later days skip the DDL that creates them."""
+
     def register(self, spark: SparkSession, registrations: Sequence[Registration]) -> None:
         """Register partitions; a refusal is a CatalogError that says the data is in place."""
         names = ", ".join(f"{r.qualified_name} ({'/'.join(r.partition_values)})" for r in registrations)
@@ -58,9 +61,11 @@ class Catalog(dg.ConfigurableResource):
                 for registration in registrations:
                     register_in_glue(client, registration)
             else:
-                _warn_if_ephemeral(spark)
+                if not self._columns:
+                    _warn_if_ephemeral(spark)
                 for registration in registrations:
-                    register_in_session(spark, registration)
+                    name = registration.qualified_name
+                    self._columns[name] = register_in_session(spark, registration, self._columns.get(name))
         except Exception as error:
             raise CatalogError(
                 f"registering {names} in the {self.backend} catalog failed ({error}); the data is committed "

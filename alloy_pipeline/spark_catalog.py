@@ -50,10 +50,20 @@ def update_statements(registration: Registration, existing_columns: Sequence[str
     ]
 
 
-def register_in_session(spark: SparkSession, registration: Registration) -> None:
-    """Register through a Spark session's own catalog (a cluster's, or the local metastore)."""
-    for statement in create_statements(registration):
+def register_in_session(
+    spark: SparkSession, registration: Registration, known_columns: Sequence[str] | None = None
+) -> list[str]:
+    """Register through a Spark session's own catalog (a cluster's, or the local metastore).
+
+    `known_columns` are the table's columns as an earlier registration in this step left them:
+    a ranged rebuild registers the same tables every day, and knowing they exist saves three of
+    the four round trips. Returns the table's columns after this registration.
+    """
+    if known_columns is None:
+        for statement in create_statements(registration):
+            spark.sql(statement)
+        known_columns = spark.table(registration.qualified_name).columns
+    for statement in update_statements(registration, known_columns):
         spark.sql(statement)
-    existing = spark.table(registration.qualified_name).columns
-    for statement in update_statements(registration, existing):
-        spark.sql(statement)
+    known = {column.lower() for column in known_columns}
+    return [*known_columns, *(name for name, _ in registration.data_columns if name.lower() not in known)]

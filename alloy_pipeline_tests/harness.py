@@ -109,6 +109,17 @@ class Pipeline:
             raise_on_error=raise_on_error,
         )
 
+    def rebuild(self, first: str, last: str, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        """One run of the snapshot assets over `first`..`last`, as a backfill under their policy launches it."""
+        return dg.materialize(
+            self.assets(),
+            selection=dg.AssetSelection.groups("alloy_snapshot"),
+            resources=self.resources(),
+            instance=self.instance,
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            raise_on_error=raise_on_error,
+        )
+
     def raw_manifest(self, query: str, day: str) -> RawManifest | None:
         return next((m for m in self.lake.raw_manifests(query) if m.day.isoformat() == day), None)
 

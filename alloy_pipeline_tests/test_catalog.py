@@ -63,6 +63,29 @@ def test_spark_catalog_of_the_engine(jobs: Pipeline, spark) -> None:
     assert filled["n"] == 0, "day 1 predates the column"
 
 
+def test_a_ranged_rebuild_registers_each_day_and_a_column_that_appears_on_a_later_one(jobs: Pipeline, spark) -> None:
+    catalog = jobs.session_catalog()
+    two_days_with_a_new_column(jobs)
+    spark.sql(f"DROP DATABASE {catalog.refined_database} CASCADE")
+
+    jobs.rebuild(*DAYS)
+    partitions, description, [count] = (
+        spark.sql(statement).collect()
+        for statement in (
+            f"SHOW PARTITIONS {catalog.refined_database}.{QUERY}_{QUERY}",
+            f"DESCRIBE TABLE {catalog.refined_database}.{QUERY}_{QUERY}",
+            f"SELECT count({NEW_COLUMN}) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} "
+            "WHERE snapshot_date = '20240302'",
+        )
+    )
+    assert [row["partition"] for row in partitions] == [
+        "snapshot_year=2024/snapshot_month=03/snapshot_day=01/snapshot_date=20240301",
+        "snapshot_year=2024/snapshot_month=03/snapshot_day=02/snapshot_date=20240302",
+    ]
+    assert NEW_COLUMN in [row["col_name"] for row in description], "added on day 2, after the table was created"
+    assert count["n"] > 0
+
+
 def glue_catalog() -> Catalog:
     """A Glue catalog with databases of this test's own: moto's server outlives one test."""
     suffix = uuid.uuid4().hex[:8]

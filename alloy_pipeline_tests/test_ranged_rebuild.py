@@ -44,18 +44,6 @@ def export_days(jobs: Pipeline, group: str | None = None) -> Evaluations:
     return evaluations
 
 
-def rebuild(jobs: Pipeline, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-    """One run of the snapshot assets over every day, as a backfill under their policy launches it."""
-    return dg.materialize(
-        jobs.assets(),
-        selection=dg.AssetSelection.groups("alloy_snapshot"),
-        resources=jobs.resources(),
-        instance=jobs.instance,
-        tags={"dagster/asset_partition_range_start": DAYS[0], "dagster/asset_partition_range_end": DAYS[-1]},
-        raise_on_error=raise_on_error,
-    )
-
-
 def stored(jobs: Pipeline) -> dict[str, tuple[dict, dict[str, list[tuple]]]]:
     """What a reader of the lake gets for each day: its manifest, less the run id, and every table's rows."""
     return {
@@ -103,7 +91,7 @@ def test_a_ranged_run_rebuilds_exactly_the_day_by_day_partitions(jobs: Pipeline)
     assert list(before) == DAYS
     assert len({len(tables[QUERY]) for _, tables in before.values()}) > 1, "the days differ"
 
-    result = rebuild(jobs)
+    result = jobs.rebuild(DAYS[0], DAYS[-1])
     assert stored(jobs) == before
     assert committed_by(jobs, result.run_id) == DAYS
     assert materialized_by(jobs, result.run_id) == DAYS
@@ -117,13 +105,13 @@ def test_a_ranged_run_rebuilds_exactly_the_day_by_day_partitions(jobs: Pipeline)
 
 def test_a_failure_on_a_day_keeps_the_days_before_it_and_the_versions_after_it(jobs: Pipeline) -> None:
     export_days(jobs, group="alloy_raw")
-    first = rebuild(jobs).run_id
+    first = jobs.rebuild(DAYS[0], DAYS[-1]).run_id
     before = stored(jobs)
     failing = DAYS[2]
     raw = jobs.raw_manifest(QUERY, failing).tables[QUERY].path
     jobs.spark.read.parquet(raw).limit(1).write.mode("append").parquet(raw)
 
-    result = rebuild(jobs, raise_on_error=False)
+    result = jobs.rebuild(DAYS[0], DAYS[-1], raise_on_error=False)
     assert not result.success
     message = failure_text(result, "snapshot")
     assert f"query {QUERY}, partition {failing}: the run over {DAYS[0]}..{DAYS[-1]} stopped" in message
