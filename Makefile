@@ -38,6 +38,7 @@ engine-stop: $(STAMP)
 
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
+	[ -f $(DAGSTER_HOME)/dagster.yaml ] || cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	remote=$$($(BIN)/alloy-pipeline engine start) || exit 1; \
 	echo "dagster dev steps are clients of the Spark engine at $$remote; it stays running afterwards (make engine-stop)"; \
 	$(BIN)/python -m alloy_pipeline.alloy.simulator --port $(SIMULATOR_PORT) --api-key demo-key & sim=$$!; \

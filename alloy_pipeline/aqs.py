@@ -124,13 +124,13 @@ class AqsQuery(BaseModel):
 def load_query(path: Path) -> AqsQuery:
     """Parse and validate one AQS file; errors name the file and the offending field."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+        request = ExportRequest.model_validate(json.loads(path.read_text(encoding="utf-8-sig")))
     except (OSError, UnicodeDecodeError) as error:
         raise AqsError(f"AQS file {path}: cannot be read: {error}") from error
     except json.JSONDecodeError as error:
         raise AqsError(f"AQS file {path}: not valid JSON: {error}") from error
-    try:
-        request = ExportRequest.model_validate(raw)
+    except RecursionError:
+        raise AqsError(f"AQS file {path}: nested too deeply to read") from None
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"

@@ -8,17 +8,40 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 
+def _column(name: str) -> Column:
+    """A column by its exact name: a mapping's new name may hold dots or backticks."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
 def _empty_as_null(name: str) -> Column:
-    return F.when(F.col(name) == "", F.lit(None)).otherwise(F.col(name)).alias(name)
+    return F.when(_column(name) == "", F.lit(None)).otherwise(_column(name)).alias(name)
+
+
+def _same_ignoring_case(names: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    clashes: list[str] = []
+    for name in names:
+        if name.lower() in seen:
+            clashes.append(f"{seen[name.lower()]!r} and {name!r}")
+        seen.setdefault(name.lower(), name)
+    return clashes
 
 
 def conform_csv(frame: DataFrame, columns: list[str], stamp: dict[str, str | datetime]) -> DataFrame:
     """Name the CSV's columns `columns`, turn empty cells into nulls, add the `stamp` columns.
 
     Every value stays a string: Alloy exports are text, and types are the analyst's choice.
+    Names must be distinct from each other and from the stamp's, ignoring case as Spark does:
+    otherwise a stamp would hide an Alloy column, or the parquet write would fail far from here.
     """
     if len(columns) != len(frame.columns):
         raise ValueError(f"header has {len(columns)} names but Spark read {len(frame.columns)} columns")
+    clashes = _same_ignoring_case([*columns, *stamp])
+    if clashes:
+        raise ValueError(
+            f"column names clash (Spark ignores case): {'; '.join(clashes)}; name the header with "
+            "alloy_pipeline.columns.name_columns, which keeps names unique and clear of the import_* columns"
+        )
     return frame.toDF(*columns).select(
         *(_empty_as_null(name) for name in columns),
         *(F.lit(value).alias(name) for name, value in stamp.items()),
@@ -46,8 +69,15 @@ def upsert_root_items(current: DataFrame, increment: DataFrame, changed: DataFra
 
 
 def rename_columns(frame: DataFrame, renames: dict[str, str]) -> DataFrame:
-    """Rename columns by `renames` (already validated); other columns keep their names."""
-    return frame.withColumnsRenamed({old: new for old, new in renames.items() if old in frame.columns})
+    """Rename columns by `renames` (already validated); other columns keep their names.
+
+    One projection, every new name taken from the original columns: renaming one at a time
+    (`withColumnsRenamed` folds over the map) turns a swap `{a: b, b: a}` into two `a`s and a
+    chain `{a: b, b: c}` into two `c`s.
+    """
+    if not any(name in renames for name in frame.columns):
+        return frame
+    return frame.select(*(_column(name).alias(renames.get(name, name)) for name in frame.columns))
 
 
 def stamp_columns(frame: DataFrame, stamp: dict[str, str]) -> DataFrame:

@@ -30,7 +30,11 @@ def glue_location(location: str) -> str:
 
 
 def register_in_glue(client: Any, registration: Registration) -> None:
-    """Create or update the Glue database, table (schema kept current) and partition."""
+    """Create or update the Glue database, the table and the partition, pointed at this version's folder.
+
+    The table's columns only grow: a re-run of an older day, which lacks a later column, must not
+    take that column away from every other day.
+    """
     try:
         client.create_database(DatabaseInput={"Name": registration.database})
     except ClientError as error:
@@ -50,7 +54,11 @@ def register_in_glue(client: Any, registration: Registration) -> None:
             raise
         client.create_table(DatabaseName=registration.database, TableInput=table_input)
     else:
-        if current["StorageDescriptor"]["Columns"] != table_input["StorageDescriptor"]["Columns"]:
+        existing = current["StorageDescriptor"]["Columns"]
+        known = {column["Name"].lower() for column in existing}
+        added = [column for column in table_input["StorageDescriptor"]["Columns"] if column["Name"].lower() not in known]
+        if added:
+            table_input["StorageDescriptor"]["Columns"] = existing + added
             client.update_table(DatabaseName=registration.database, TableInput=table_input)
     partition_input = {
         "Values": list(registration.partition_values),

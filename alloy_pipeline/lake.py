@@ -1,14 +1,17 @@
-"""The lake: zone paths, Hive-style partitions, manifests and the atomic commit of a partition.
+"""The lake: zone paths, Hive-style partitions and the manifests that make a partition visible.
 
-A partition is visible to the pipeline only once its manifest exists, and the manifest is written
-last. Data is written under a staging folder first and moved into place at commit, so a run that
-fails at any step leaves the previous version of the day (and every other day) as it was.
+Each version of a partition lives in a folder of its own under the day's Hive folder
+(`…/snapshot_date=YYYYMMDD/v_<time>_<id>/`), and the day's manifest names the version that is
+current. How a version replaces another without ever losing it is in `commit.py`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import os
+import re
+import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,13 +21,40 @@ import dagster as dg
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
+from alloy_pipeline.columns import RenamedHeader
+
 ALLOY_PREFIX = "env-services/alloy"
 RAW_DOWNLOADS = f"{ALLOY_PREFIX}/alloy_api_downloads"
 RAW_PARQUET = f"{ALLOY_PREFIX}/parquet_files"
 RAW_MANIFESTS = f"{ALLOY_PREFIX}/manifests/raw"
 STAGING = f"{ALLOY_PREFIX}/_staging"
+PENDING = f"{ALLOY_PREFIX}/_pending"
 SNAPSHOTS = f"{ALLOY_PREFIX}/snapshots"
 SNAPSHOT_MANIFESTS = f"{ALLOY_PREFIX}/manifests/snapshot"
+VERSION_PREFIX = "v_"
+"""Version folders carry no `=`, so Spark's partition discovery of a table root skips over them
+(as it does `_temporary`) and infers exactly the Hive keys above them."""
+MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
+
+
+class ManifestError(RuntimeError):
+    """A manifest file the pipeline cannot read; the message names it and how to repair it."""
+
+
+def new_version(now: dt.datetime | None = None) -> str:
+    """A fresh version folder name: its UTC time first, so listings sort by age, then a random id."""
+    moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    return f"{VERSION_PREFIX}{moment:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:12]}"
+
+
+def version_time(version: str) -> dt.datetime | None:
+    """When `version` was made, from its name; None for a name that is not a version's."""
+    try:
+        return dt.datetime.strptime(version[len(VERSION_PREFIX) :].split("_", 1)[0], "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=dt.timezone.utc
+        )
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -95,14 +125,42 @@ class Zone:
         with self.fs.open_input_stream(self.path_of(relative)) as stream:
             return stream.read().decode("utf-8")
 
+    def read_text_if_exists(self, relative: str) -> str | None:
+        try:
+            return self.read_text(relative)
+        except FileNotFoundError:
+            return None
+
     def write_text(self, relative: str, text: str) -> None:
-        """Write via a temporary name and a move, so readers never see half a file."""
+        """Replace a small file in one step, so readers see the old text or the new, never half.
+
+        Locally: a uniquely named temporary file, fsynced, then renamed over the target. On S3 a
+        single PUT already replaces an object atomically, and a rename would be a copy.
+        """
         path = self.path_of(relative)
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        temporary = f"{path}.tmp"
-        with self.fs.open_output_stream(temporary) as stream:
-            stream.write(text.encode("utf-8"))
-        self.fs.move(temporary, path)
+        data = text.encode("utf-8")
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            with self.fs.open_output_stream(path) as stream:
+                stream.write(data)
+            return
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+            raise
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def delete(self, relative: str) -> None:
         info = self.fs.get_file_info(self.path_of(relative))
@@ -110,6 +168,25 @@ class Zone:
             self.fs.delete_dir(info.path)
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(info.path)
+
+    def delete_version(self, relative: str) -> None:
+        """Delete one version's folder; a folder written before versions existed loses only its files.
+
+        Such a folder is the day's Hive folder itself, and newer version folders sit inside it.
+        """
+        if relative.rsplit("/", 1)[-1].startswith(VERSION_PREFIX):
+            self.delete(relative)
+            return
+        selector = pafs.FileSelector(self.path_of(relative), allow_not_found=True)
+        for info in self.fs.get_file_info(selector):
+            if info.type == pafs.FileType.File:
+                self.fs.delete_file(info.path)
+
+    def relative_of(self, uri: str) -> str:
+        """The zone-relative path of a URI this zone made (`uri_of`)."""
+        if not uri.startswith(f"{self.uri}/"):
+            raise ValueError(f"{uri} is not in the zone {self.uri}")
+        return uri[len(self.uri) + 1 :]
 
     def upload(self, local_file: Path, relative: str) -> None:
         self.fs.create_dir(self.path_of(relative).rsplit("/", 1)[0], recursive=True)
@@ -121,8 +198,7 @@ class Zone:
         )
 
     def move_dir(self, source: str, target: str) -> None:
-        """Replace `target` with `source` (a rename locally; copy and delete on object stores)."""
-        self.delete(target)
+        """Move `source` to the new folder `target` (a rename locally; copy and delete on object stores)."""
         target_path = self.path_of(target)
         self.fs.create_dir(target_path.rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
@@ -145,6 +221,8 @@ class TableOutput(BaseModel):
     rows: int
     column_types: tuple[tuple[str, str], ...]
     source_file: str | None = None
+    renamed_headers: tuple[RenamedHeader, ...] = ()
+    """Columns the naming rule named differently from the established cleaning (`columns.py`)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -158,6 +236,8 @@ class RawManifest(BaseModel):
 
     query: str
     day: dt.date
+    version: str | None = None
+    """The version folder of this partition's data; None for a partition written before versions."""
     kind: Literal["full", "incremental"]
     watermark: dt.datetime | None
     requested_at: dt.datetime
@@ -181,6 +261,8 @@ class SnapshotManifest(BaseModel):
 
     query: str
     day: dt.date
+    version: str | None = None
+    """The version folder of this partition's data; None for a partition written before versions."""
     run_id: str
     main_table: str
     base_day: dt.date | None
@@ -202,6 +284,13 @@ class Lake(dg.ConfigurableResource):
         default="data/refined-zone", description="Root of the refined zone: a path, file://… or s3a://…"
     )
 
+    cleanup_grace_minutes: float = Field(
+        default=360.0,
+        ge=0,
+        description="Age after which a run clears what a failed commit of the same query left behind "
+        "(its staging, and the version it wrote or replaced). Longer than any commit takes.",
+    )
+
     @cached_property
     def raw(self) -> Zone:
         """Parsed once: on S3 this builds a filesystem client, which resolves credentials."""
@@ -212,85 +301,83 @@ class Lake(dg.ConfigurableResource):
         return Zone.parse(self.refined_zone)
 
     @staticmethod
-    def landing_dir(query: str, day: Day) -> str:
-        return f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
+    def landing_dir(query: str, day: Day, version: str | None = None) -> str:
+        folder = f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
+        return f"{folder}/{version}" if version else folder
 
     @staticmethod
     def raw_table_root(query: str, table: str) -> str:
         return f"{RAW_PARQUET}/{query}/{table}"
 
     @classmethod
-    def raw_table_dir(cls, query: str, table: str, day: Day) -> str:
-        return f"{cls.raw_table_root(query, table)}/{day.segments('import')}"
+    def raw_table_dir(cls, query: str, table: str, day: Day, version: str) -> str:
+        return f"{cls.raw_table_root(query, table)}/{day.segments('import')}/{version}"
 
     @staticmethod
     def snapshot_table_root(query: str, table: str) -> str:
         return f"{SNAPSHOTS}/{query}/{table}"
 
     @classmethod
-    def snapshot_table_dir(cls, query: str, table: str, day: Day) -> str:
-        return f"{cls.snapshot_table_root(query, table)}/{day.segments('snapshot')}"
+    def snapshot_table_dir(cls, query: str, table: str, day: Day, version: str) -> str:
+        return f"{cls.snapshot_table_root(query, table)}/{day.segments('snapshot')}/{version}"
 
     @staticmethod
-    def staging_dir(run_id: str, query: str) -> str:
-        return f"{STAGING}/{run_id}/{query}"
+    def staging_dir(query: str, version: str) -> str:
+        return f"{STAGING}/{query}/{version}"
 
-    def raw_manifests(self, query: str) -> list[RawManifest]:
-        """Every committed raw partition of `query`, oldest first."""
-        return _read_manifests(self.raw, f"{RAW_MANIFESTS}/{query}", RawManifest)
+    @staticmethod
+    def raw_manifest_path(query: str, day: Day) -> str:
+        return f"{RAW_MANIFESTS}/{query}/{day.compact}.json"
 
-    def snapshot_manifests(self, query: str) -> list[SnapshotManifest]:
-        """Every committed snapshot partition of `query`, oldest first."""
-        return _read_manifests(self.refined, f"{SNAPSHOT_MANIFESTS}/{query}", SnapshotManifest)
+    @staticmethod
+    def snapshot_manifest_path(query: str, day: Day) -> str:
+        return f"{SNAPSHOT_MANIFESTS}/{query}/{day.compact}.json"
 
-    def commit_raw(self, manifest: RawManifest, moves: dict[str, str]) -> None:
-        day = Day(manifest.day)
-        _commit(
-            self.raw,
-            f"{RAW_MANIFESTS}/{manifest.query}/{day.compact}.json",
-            manifest,
-            moves,
-            lambda table: self.raw_table_dir(manifest.query, table, day),
-        )
+    def raw_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[RawManifest]:
+        """Every committed raw partition of `query`, oldest first; see `read_manifests` for `replacing`."""
+        return read_manifests(self.raw, f"{RAW_MANIFESTS}/{query}", RawManifest, replacing)
 
-    def commit_snapshot(self, manifest: SnapshotManifest, moves: dict[str, str]) -> None:
-        day = Day(manifest.day)
-        _commit(
-            self.refined,
-            f"{SNAPSHOT_MANIFESTS}/{manifest.query}/{day.compact}.json",
-            manifest,
-            moves,
-            lambda table: self.snapshot_table_dir(manifest.query, table, day),
-        )
+    def snapshot_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[SnapshotManifest]:
+        """Every committed snapshot partition of `query`, oldest first; see `read_manifests`."""
+        return read_manifests(self.refined, f"{SNAPSHOT_MANIFESTS}/{query}", SnapshotManifest, replacing)
+
+    def data_dirs(self, manifest: RawManifest | SnapshotManifest) -> tuple[str, ...]:
+        """The zone-relative folders that hold a committed partition's files (the raw CSVs included)."""
+        zone = self.raw if isinstance(manifest, RawManifest) else self.refined
+        tables = tuple(zone.relative_of(entry.path) for entry in manifest.tables.values())
+        if isinstance(manifest, RawManifest):
+            return (*tables, self.landing_dir(manifest.query, Day(manifest.day), manifest.version))
+        return tables
 
 
-_Manifest = TypeVar("_Manifest", RawManifest, SnapshotManifest)
+Manifest = TypeVar("Manifest", RawManifest, SnapshotManifest)
 
 
-def _read_manifests(zone: Zone, folder: str, model: type[_Manifest]) -> list[_Manifest]:
-    return [
-        model.model_validate_json(zone.read_text(f"{folder}/{name}"))
-        for name in zone.list_names(folder)
-        if name.endswith(".json")
-    ]
+def read_manifests(
+    zone: Zone, folder: str, model: type[Manifest], replacing: Collection[Day] = ()
+) -> list[Manifest]:
+    """The manifests in `folder`, oldest first: only files named `YYYYMMDD.json` count.
 
-
-def _commit(
-    zone: Zone,
-    manifest_path: str,
-    manifest: RawManifest | SnapshotManifest,
-    moves: dict[str, str],
-    table_dir: Callable[[str], str],
-) -> None:
-    """Hide the day's old version, move the staged folders into place, then write the manifest.
-
-    Tables the old version had and this one lacks are removed, so the folders match the manifest.
+    A manifest that cannot be read stops the query with its path, because every later partition
+    depends on it, except those of the days in `replacing`: the run that replaces a day needs
+    nothing from its manifest, so re-running a day is how a damaged manifest is repaired.
     """
-    if zone.exists(manifest_path):
-        previous = type(manifest).model_validate_json(zone.read_text(manifest_path))
-        zone.delete(manifest_path)
-        for table in previous.tables.keys() - manifest.tables.keys():
-            zone.delete(table_dir(table))
-    for source, target in moves.items():
-        zone.move_dir(source, target)
-    zone.write_text(manifest_path, manifest.model_dump_json(indent=2))
+    replaced = {day.compact for day in replacing}
+    manifests = []
+    for name in zone.list_names(folder):
+        matched = MANIFEST_NAME.match(name)
+        if not matched:
+            continue
+        location = zone.uri_of(f"{folder}/{name}")
+        try:
+            manifests.append(model.model_validate_json(zone.read_text(f"{folder}/{name}")))
+        except (ValueError, OSError) as error:
+            if matched.group(1) in replaced:
+                dg.get_dagster_logger().warning(f"manifest {location} cannot be read; this run replaces it")
+                continue
+            day = dt.datetime.strptime(matched.group(1), "%Y%m%d").date()
+            raise ManifestError(
+                f"manifest {location} cannot be read ({type(error).__name__}); "
+                f"re-run partition {day.isoformat()} of this asset to rewrite it"
+            ) from error
+    return manifests

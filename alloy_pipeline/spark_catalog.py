@@ -36,7 +36,11 @@ def create_statements(registration: Registration) -> list[str]:
 
 
 def update_statements(registration: Registration, existing_columns: Sequence[str]) -> list[str]:
-    """DDL that adds new columns and the partition (Spark SQL); idempotent."""
+    """DDL that adds new columns and the partition, and points it at this version's folder; idempotent.
+
+    Moving the partition is one metastore update, so a reader by table name sees the old version
+    or the new one, never a mix.
+    """
     name = f"{_quote(registration.database)}.{_quote(registration.table)}"
     known = {column.lower() for column in existing_columns}
     added = [f"{_quote(column)} {kind}" for column, kind in registration.data_columns if column.lower() not in known]
@@ -44,9 +48,11 @@ def update_statements(registration: Registration, existing_columns: Sequence[str
         f"{_quote(key)} = {_literal(value)}"
         for key, value in zip(registration.partition_keys, registration.partition_values, strict=True)
     )
+    location = _literal(registration.partition_location)
     statements = [f"ALTER TABLE {name} ADD COLUMNS ({', '.join(added)})"] if added else []
     return statements + [
-        f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({spec}) LOCATION {_literal(registration.partition_location)}"
+        f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({spec}) LOCATION {location}",
+        f"ALTER TABLE {name} PARTITION ({spec}) SET LOCATION {location}",
     ]
 
 

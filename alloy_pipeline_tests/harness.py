@@ -36,6 +36,7 @@ class Pipeline:
     mapping_location: str
     api_key_secret_id: str | None = None
     catalog: Catalog | None = None
+    cleanup_grace_minutes: float | None = None
 
     @property
     def aqs_dir(self) -> Path:
@@ -43,7 +44,8 @@ class Pipeline:
 
     @property
     def lake(self) -> Lake:
-        return Lake(raw_zone=str(self.root / "raw-zone"), refined_zone=str(self.root / "refined-zone"))
+        grace = {} if self.cleanup_grace_minutes is None else {"cleanup_grace_minutes": self.cleanup_grace_minutes}
+        return Lake(raw_zone=str(self.root / "raw-zone"), refined_zone=str(self.root / "refined-zone"), **grace)
 
     @classmethod
     def create(

@@ -95,6 +95,7 @@ def test_watermark_is_rendered_in_utc() -> None:
     ("body", "problem"),
     [
         ("{not json", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ({k: v for k, v in JOIN_REQUEST.items() if k != "fileName"}, "fileName"),
         ({**JOIN_REQUEST, "discriminator": "Other"}, "discriminator"),
         ({**JOIN_REQUEST, "exportHeaderType": "Title"}, "exportHeaderType"),

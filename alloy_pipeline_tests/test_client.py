@@ -1,15 +1,23 @@
-"""The Alloy client against the simulator over real HTTP, one fault at a time."""
+"""The Alloy client against the simulator over real HTTP, one fault at a time.
+
+Hostile replies and the API key's safety have their own module, test_hostile_server.py.
+"""
 
 import csv
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
+import httpx
 import pytest
+from pydantic import ValidationError
 
 from alloy_pipeline.alloy.archive import ArchiveError
-from alloy_pipeline.alloy.client import AlloyClient, AlloyError, AlloyTaskError, PollPolicy
+from alloy_pipeline.alloy.client import AlloyApi, AlloyClient, AlloyError, AlloyTaskError, PollPolicy
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault
-from alloy_pipeline.aqs import load_query
+from alloy_pipeline.alloy.transport import RetryingTransport
+from alloy_pipeline.aqs import ExportRequest, load_query
 from alloy_pipeline_tests.harness import API_KEY, REPO
 
 FAST = PollPolicy(initial_seconds=0.05, growth=1.5, max_seconds=0.4, timeout_seconds=10)
@@ -27,14 +35,16 @@ class RecordingSleep:
 
 
 @pytest.fixture
-def request_body():
+def request_body() -> ExportRequest:
     return load_query(REPO / "aqs_queries" / "DW Container Job.json").request
 
 
-def client(simulator: AlloySimulator, sleep: RecordingSleep | None = None, **kwargs) -> AlloyClient:
+def client(
+    simulator: AlloySimulator, sleep: RecordingSleep | None = None, *, api_key: str = API_KEY, **kwargs: Any
+) -> AlloyClient:
     return AlloyClient(
         simulator.url,
-        API_KEY,
+        api_key,
         poll=kwargs.pop("poll", FAST),
         logger=logging.getLogger("alloy-test"),
         sleep=sleep or RecordingSleep(),
@@ -63,7 +73,7 @@ def test_export_round_trip(simulator, request_body, tmp_path, caplog) -> None:
         rows = list(csv.reader(handle))
     assert rows[0][0] == "Item ID"
     assert len(rows) - 1 == simulator.dataset.count("designs_wasteContainerJob")
-    assert not (tmp_path / f"{export.task_id}.zip").exists(), "the zip is removed once extracted"
+    assert [path.name for path in tmp_path.iterdir()] == ["csv"], "the zip is removed once extracted"
     assert f"Alloy export task {export.task_id}: Complete" in caplog.text
     assert_key_never_leaked(simulator, caplog)
 
@@ -104,8 +114,8 @@ def test_honours_rate_limit_reset_on_429(simulator, request_body, tmp_path) -> N
     assert any(wait == pytest.approx(0.25, abs=0.05) for wait in sleep.waits)
 
 
-@pytest.mark.parametrize("endpoint", ["export", "task", "export_file", "file"])
-def test_retries_server_errors_on_every_endpoint(simulator, request_body, tmp_path, endpoint) -> None:
+@pytest.mark.parametrize("endpoint", ["task", "export_file", "file"])
+def test_retries_server_errors_on_every_reading_endpoint(simulator, request_body, tmp_path, endpoint) -> None:
     simulator.inject(Fault(kind="status", endpoint=endpoint, status=503, times=2))
     with client(simulator) as alloy:
         export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
@@ -120,10 +130,10 @@ def test_retries_dropped_connections(simulator, request_body, tmp_path) -> None:
 
 
 def test_gives_up_after_bounded_retries(simulator, request_body, tmp_path, caplog) -> None:
-    simulator.inject(Fault(kind="status", endpoint="export", status=500, times=10))
+    simulator.inject(Fault(kind="status", endpoint="export_file", status=500, times=10))
     with client(simulator, max_retries=2) as alloy, pytest.raises(AlloyError, match="HTTP 500") as raised:
         alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
-    assert len([seen for seen in simulator.requests if seen.path == "/api/export"]) == 3
+    assert len([seen for seen in simulator.requests if seen.path.endswith("/file")]) == 3
     assert_key_never_leaked(simulator, caplog, str(raised.value))
 
 
@@ -162,3 +172,121 @@ def test_no_key_is_refused_before_any_request(simulator) -> None:
     with pytest.raises(AlloyError, match="ALLOY_API_KEY"):
         AlloyClient(simulator.url, "")
     assert simulator.requests == []
+
+
+def test_task_ids_are_quoted_into_paths(simulator: AlloySimulator) -> None:
+    """An id that reached the client unchecked still cannot name another endpoint."""
+    with client(simulator) as alloy, pytest.raises(AlloyError, match="404"):
+        alloy.task("../export/x")
+    assert simulator.requests[-1].path == "/api/task/..%2Fexport%2Fx"
+
+
+class ScriptedFailures(httpx.BaseTransport):
+    """Raises the scripted transport errors, one per request, then sends requests for real."""
+
+    def __init__(self, *failures: Callable[[httpx.Request], httpx.TransportError]) -> None:
+        self._failures = list(failures)
+        self._real = httpx.HTTPTransport()
+        self.attempts = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.attempts += 1
+        if self._failures:
+            raise self._failures.pop(0)(request)
+        return self._real.handle_request(request)
+
+
+def retrying(wrapped: httpx.BaseTransport, sleep: RecordingSleep) -> httpx.Client:
+    transport = RetryingTransport(
+        wrapped, max_retries=3, backoff_seconds=0.01, max_wait=0.05, logger=logging.getLogger("alloy-test"), sleep=sleep
+    )
+    return httpx.Client(transport=transport, headers={"Authorization": f"Bearer {API_KEY}"})
+
+
+def connect_error(request: httpx.Request) -> httpx.TransportError:
+    return httpx.ConnectError("connection refused", request=request)
+
+
+def read_error(request: httpx.Request) -> httpx.TransportError:
+    return httpx.ReadError("connection reset", request=request)
+
+
+def local_error(request: httpx.Request) -> httpx.TransportError:
+    return httpx.LocalProtocolError("Illegal header value b'Bearer secret\\n'", request=request)
+
+
+def test_starting_an_export_is_retried_when_the_connection_never_opened(
+    simulator: AlloySimulator, request_body: ExportRequest
+) -> None:
+    """No request reached Alloy, so no export can have started."""
+    flaky = ScriptedFailures(connect_error, connect_error)
+    with retrying(flaky, RecordingSleep()) as http:
+        response = http.post(f"{simulator.url}/api/export", json=request_body.to_body())
+    assert response.status_code == 200 and flaky.attempts == 3
+
+
+@pytest.mark.parametrize("failure", [read_error, local_error], ids=["sent-then-reset", "local-protocol-error"])
+def test_starting_an_export_is_not_retried_once_it_may_have_been_sent(
+    simulator: AlloySimulator, request_body: ExportRequest, failure: Callable[[httpx.Request], httpx.TransportError]
+) -> None:
+    """After a reset the export may be running; a local protocol error would only recur."""
+    flaky = ScriptedFailures(failure)
+    sleep = RecordingSleep()
+    with retrying(flaky, sleep) as http, pytest.raises(httpx.TransportError):
+        http.post(f"{simulator.url}/api/export", json=request_body.to_body())
+    assert flaky.attempts == 1 and sleep.waits == []
+    assert simulator.requests == []
+
+
+def test_local_protocol_errors_are_not_retried_even_on_reads(simulator: AlloySimulator) -> None:
+    """A request that cannot be written (an invalid header) fails the same way every time."""
+    flaky = ScriptedFailures(local_error, local_error)
+    with retrying(flaky, RecordingSleep()) as http, pytest.raises(httpx.LocalProtocolError):
+        http.get(f"{simulator.url}/api/task/x")
+    assert flaky.attempts == 1
+
+
+def test_an_unsupported_url_fails_at_once_naming_only_the_error_type(caplog: pytest.LogCaptureFixture) -> None:
+    sleep = RecordingSleep()
+    task_id = "0123456789abcdef01234567"
+    with AlloyClient("ftp://127.0.0.1:1", API_KEY, sleep=sleep) as alloy, pytest.raises(AlloyError) as raised:
+        alloy.task(task_id)
+    assert str(raised.value) == f"Alloy GET /api/task/{task_id} (export task {task_id}): UnsupportedProtocol"
+    assert sleep.waits == [] and "retry" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"poll_initial_seconds": 0},
+        {"poll_initial_seconds": -1},
+        {"poll_growth": 0.5},
+        {"poll_max_seconds": 0},
+        {"task_timeout_seconds": 0},
+        {"max_retries": -1},
+        {"request_timeout_seconds": 0},
+        {"max_archive_bytes": 0},
+    ],
+    ids=lambda setting: "-".join(f"{name}={value}" for name, value in setting.items()),
+)
+def test_nonsensical_settings_are_refused_when_the_resource_is_built(setting: dict[str, float]) -> None:
+    """A zero first delay would poll Alloy in a tight loop; refuse it before any run starts."""
+    [name] = setting
+    with pytest.raises(ValidationError, match=name) as raised:
+        AlloyApi(api_key=API_KEY, **setting)
+    assert API_KEY not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"initial_seconds": 0}, {"growth": 0.9}, {"max_seconds": -1}, {"timeout_seconds": 0}]
+)
+def test_a_poll_policy_refuses_nonsensical_delays(setting: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="poll|timeout"):
+        PollPolicy(**setting)
+
+
+def test_the_key_field_is_secret_in_dagsters_config_schema() -> None:
+    """Dagster masks secret fields in the UI's config scaffolds; the description points at EnvVar."""
+    fields = AlloyApi.to_config_schema().as_field().config_type.fields
+    assert fields["api_key"].is_secret
+    assert 'EnvVar("ALLOY_API_KEY")' in (fields["api_key"].description or "")

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 from alloy_pipeline.aqs import AqsError, load_queries
 from alloy_pipeline.definitions import build_definitions
@@ -76,3 +77,13 @@ def test_a_bad_aqs_file_stops_the_code_location(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("ALLOY_AQS_DIR", str(tmp_path))
     with pytest.raises(AqsError, match="Broken.json"):
         build_definitions()
+
+
+def test_the_instance_configuration_allows_one_run_per_partition() -> None:
+    """`make dev` and production use deploy/dagster.yaml; a second run of a partition must queue."""
+    overrides = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
+    with dg.instance_for_test(overrides=overrides) as instance:
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+    per_value = {"applyLimitPerUniqueValue": True}
+    assert {"key": "dagster/partition", "value": per_value, "limit": 1} in limits
+    assert {"key": "dagster/asset_partition_range_start", "value": per_value, "limit": 1} in limits

@@ -1,11 +1,11 @@
-"""The lake's zones and commit, on a local folder and on S3 (moto's server over HTTP)."""
+"""The lake's zones and manifests, on a local folder and on S3 (moto's server over HTTP)."""
 
 import datetime as dt
 from pathlib import Path
 
 import pytest
 
-from alloy_pipeline.lake import Day, Lake, RawManifest, TableOutput, Zone
+from alloy_pipeline.lake import Day, Lake, ManifestError, RawManifest, Zone
 
 
 def test_day_segments_follow_the_hive_layout() -> None:
@@ -15,47 +15,58 @@ def test_day_segments_follow_the_hive_layout() -> None:
         Day.from_key("2024-13-01")
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
-def test_zone_round_trip_and_directory_move(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if kind == "s3":
+@pytest.fixture(params=["local", "s3"])
+def zone(request: pytest.FixtureRequest, tmp_path: Path) -> Zone:
+    """A zone on a local folder, or on moto's S3 over HTTP."""
+    if request.param == "s3":
         bucket = request.getfixturevalue("bucket")
         zone = Zone.parse(f"s3a://{bucket}/raw")
         assert zone.uri == f"s3a://{bucket}/raw"
-    else:
-        zone = Zone.parse(f"file://{tmp_path}/raw")
-        assert zone.uri == (tmp_path / "raw").as_uri()
+        return zone
+    zone = Zone.parse(f"file://{tmp_path}/raw")
+    assert zone.uri == (tmp_path / "raw").as_uri()
+    return zone
+
+
+def test_zone_round_trip_and_directory_move(zone: Zone, tmp_path: Path) -> None:
     source = tmp_path / "Jobs.csv"
     source.write_bytes(b"Item ID\r\n1\r\n")
     zone.upload(source, "staging/run/csv/Jobs.csv")
     zone.write_text("staging/run/csv/notes.txt", "hello")
-    zone.write_text("final/old.txt", "stale")
-    zone.move_dir("staging/run/csv", "final")
-    assert zone.list_names("final") == ["Jobs.csv", "notes.txt"]
-    assert zone.read_text("final/notes.txt") == "hello"
+    zone.write_text("staging/run/csv/notes.txt", "hello again")
+    zone.move_dir("staging/run/csv", "final/v_1")
+    assert zone.list_names("final/v_1") == ["Jobs.csv", "notes.txt"], "no temporary file is left"
+    assert zone.read_text("final/v_1/notes.txt") == "hello again"
     assert not zone.exists("staging/run/csv")
     zone.delete("final")
     assert zone.list_names("final") == []
 
 
-def test_commit_replaces_a_day_and_drops_tables_it_no_longer_has(tmp_path: Path) -> None:
+def test_deleting_a_version_written_before_versions_keeps_the_newer_ones(zone: Zone) -> None:
+    zone.write_text("day=1/part-0.parquet", "legacy")
+    zone.write_text("day=1/v_20240101T000000Z_a/part-0.parquet", "new")
+    zone.delete_version("day=1")
+    assert zone.list_names("day=1") == ["v_20240101T000000Z_a"]
+    zone.delete_version("day=1/v_20240101T000000Z_a")
+    assert zone.list_names("day=1") == []
+
+
+def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) -> None:
     lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
     day = Day.from_key("2024-03-01")
-    zone = lake.raw
+    manifest = RawManifest(
+        query="jobs", day=day.date, version="v_20240302T030000Z_a", kind="full", watermark=None,
+        requested_at=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc), task_id="t", run_id="r",
+        main_table="jobs", tables={},
+    )
+    folder = lake.raw_manifest_path("jobs", day).rsplit("/", 1)[0]
+    lake.raw.write_text(lake.raw_manifest_path("jobs", day), manifest.model_dump_json())
+    for stray in ("20240301.json.tmp", ".20240301.json.1234.tmp", "notes.txt", "20240302.json~"):
+        lake.raw.write_text(f"{folder}/{stray}", "not a manifest")
+    assert lake.raw_manifests("jobs") == [manifest]
 
-    def manifest(*tables: str) -> RawManifest:
-        return RawManifest(
-            query="jobs", day=day.date, kind="full", watermark=None,
-            requested_at=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc), task_id="t", run_id="r",
-            main_table="jobs",
-            tables={table: TableOutput(path=zone.uri_of(lake.raw_table_dir("jobs", table, day)), rows=1, column_types=(("item_id", "string"),)) for table in tables},
-        )
-
-    for table in ("jobs", "streets_1"):
-        zone.write_text(f"stage/{table}/part.parquet", table)
-    lake.commit_raw(manifest("jobs", "streets_1"), {f"stage/{t}": lake.raw_table_dir("jobs", t, day) for t in ("jobs", "streets_1")})
-    zone.write_text("stage2/jobs/part.parquet", "jobs v2")
-    lake.commit_raw(manifest("jobs"), {"stage2/jobs": lake.raw_table_dir("jobs", "jobs", day)})
-
-    assert [m.tables.keys() for m in lake.raw_manifests("jobs")] == [{"jobs"}]
-    assert zone.read_text(f"{lake.raw_table_dir('jobs', 'jobs', day)}/part.parquet") == "jobs v2"
-    assert not zone.exists(lake.raw_table_dir("jobs", "streets_1", day))
+    damaged = Day.from_key("2024-03-02")
+    lake.raw.write_text(lake.raw_manifest_path("jobs", damaged), '{"query": "jo')
+    with pytest.raises(ManifestError, match=r"20240302\.json.*re-run partition 2024-03-02"):
+        lake.raw_manifests("jobs")
+    assert lake.raw_manifests("jobs", replacing=(damaged,)) == [manifest], "the run replacing it reads past it"

@@ -45,10 +45,10 @@ def export_days(jobs: Pipeline, group: str | None = None) -> Evaluations:
 
 
 def stored(jobs: Pipeline) -> dict[str, tuple[dict, dict[str, list[tuple]]]]:
-    """What a reader of the lake gets for each day: its manifest, less the run id, and every table's rows."""
+    """What a reader of the lake gets for each day: its manifest, less what names the run, and every table's rows."""
     return {
         manifest.day.isoformat(): (
-            manifest.model_dump(exclude={"run_id"}),
+            manifest.model_dump(exclude={"run_id": True, "version": True, "tables": {"__all__": {"path"}}}),
             {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in manifest.tables.items()},
         )
         for manifest in jobs.lake.snapshot_manifests(QUERY)

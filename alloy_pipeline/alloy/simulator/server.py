@@ -12,6 +12,8 @@ import math
 import re
 import secrets
 import signal
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -32,11 +34,25 @@ from alloy_pipeline.alloy.simulator.export import (
     Progress,
     plan_export,
     write_export,
+    write_zip_bomb,
 )
 
-FaultKind = Literal["status", "disconnect", "failed_task", "deleted_task", "corrupt_zip", "slow_task"]
+FaultKind = Literal[
+    "status",
+    "disconnect",
+    "reply",
+    "truncated_download",
+    "reset_download",
+    "failed_task",
+    "deleted_task",
+    "corrupt_zip",
+    "zip_bomb",
+    "slow_task",
+]
 Endpoint = Literal["export", "task", "export_file", "file", "any"]
-_REQUEST_FAULTS = ("status", "disconnect")
+_REQUEST_FAULTS = ("status", "disconnect", "reply")
+_DOWNLOAD_FAULTS = ("truncated_download", "reset_download")
+_ARCHIVE_FAULTS = ("corrupt_zip", "zip_bomb")
 
 
 @dataclass(frozen=True)
@@ -46,8 +62,13 @@ class Fault:
     - `status`: answer requests to `endpoint` with HTTP `status` (429 may carry `retry_after`
       and `rate_limit_reset` seconds).
     - `disconnect`: close the connection to `endpoint` without any response.
+    - `reply`: answer requests to `endpoint` with HTTP 200 and `body` as `content_type`, whatever
+      they asked (a bad id, an unknown task status, an HTML page from a proxy).
+    - `truncated_download` / `reset_download`: the next downloads of a file stop halfway, the
+      connection closed / reset (the `Content-Length` announced the whole file).
     - `failed_task` / `deleted_task`: the next exports' tasks end Failed (with `message`) / Deleted.
     - `corrupt_zip`: the next exports' file endpoint serves a truncated zip.
+    - `zip_bomb`: the next exports' file is a small zip that expands a thousandfold, to zeros.
     - `slow_task`: the next exports' tasks take `seconds`.
     """
 
@@ -59,6 +80,8 @@ class Fault:
     rate_limit_reset: float | None = None
     message: str = "Simulated export failure"
     seconds: float = 1.0
+    body: str = ""
+    content_type: str = "application/json"
 
     def __post_init__(self) -> None:
         if self.times < 1:
@@ -89,7 +112,7 @@ class _Task:
     seconds: float
     outcome: Literal["Complete", "Failed", "Deleted"]
     error: str | None
-    corrupt: bool
+    archive_fault: FaultKind | None  # one of _ARCHIVE_FAULTS
     progress: Progress = field(default_factory=Progress)
     cancel: threading.Event = field(default_factory=threading.Event)
     built: threading.Event = field(default_factory=threading.Event)
@@ -99,7 +122,10 @@ class _Task:
     def build(self, snapshot: Snapshot, plan: ExportPlan, bom: bool) -> None:
         """Write the zip: the body of `thread`. Never raises, so a task never stays Running."""
         try:
-            write_export(snapshot, plan, self.archive, bom=bom, progress=self.progress, cancel=self.cancel)
+            if self.archive_fault == "zip_bomb":
+                write_zip_bomb(self.archive, plan, progress=self.progress)
+            else:
+                write_export(snapshot, plan, self.archive, bom=bom, progress=self.progress, cancel=self.cancel)
         except ExportCancelled:
             self.build_error = "the simulator stopped before the export was built"
             self.archive.unlink(missing_ok=True)
@@ -162,8 +188,11 @@ class _Reply:
     status: int
     payload: Mapping[str, Any] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    content: bytes | None = None  # sent instead of `payload` as JSON
     file: Path | None = None
+    offset: int = 0
     length: int = 0
+    cut: FaultKind | None = None  # one of _DOWNLOAD_FAULTS: send half of `length`, then close or reset
     disconnect: bool = False
 
 
@@ -174,6 +203,7 @@ _ROUTES: tuple[tuple[Endpoint, str, re.Pattern[str]], ...] = (
     ("file", "GET", re.compile(r"/api/file/([^/]+)")),
 )
 _CHUNK = 64 * 1024
+_RANGE = re.compile(r"bytes=(\d+)-")
 _SHUTDOWN_POLL_SECONDS = 0.01  # how soon stop() returns; tests start and stop a server each
 
 
@@ -207,7 +237,8 @@ def _seconds_header(seconds: float) -> str:
 
 class AlloySimulator:
     """Alloy's export API on loopback: `/api/export`, `/api/task/{id}`, `/api/export/{id}/file`
-    and `/api/file/{id}`, with Bearer auth, rate-limit headers and scripted faults.
+    and `/api/file/{id}`, with Bearer auth, rate-limit headers and scripted faults. The file
+    endpoint honours `Range: bytes=<start>-`, so an interrupted download can resume.
 
     `POST /api/export` answers at once, as Alloy does: it snapshots the data, and a background
     thread streams the export into a temporary zip (so a million rows never sit in memory). The
@@ -332,7 +363,7 @@ class AlloySimulator:
         elif method != allowed:
             reply = _error(405, "MethodNotAllowed", f"use {allowed}")
         else:
-            reply = self._call(endpoint, argument, body)
+            reply = self._call(endpoint, argument, body, headers)
         rate_headers = {"X-Rate-Limit-Remaining": str(max(0, remaining)), "X-Rate-Limit-Reset": reset_header}
         return dataclasses.replace(reply, headers={**rate_headers, **reply.headers})
 
@@ -340,7 +371,7 @@ class AlloySimulator:
         expected = f"Bearer {self._api_key}".encode()
         return hmac.compare_digest(headers.get("authorization", "").encode(), expected)
 
-    def _call(self, endpoint: Endpoint, argument: str | None, body: bytes) -> _Reply:
+    def _call(self, endpoint: Endpoint, argument: str | None, body: bytes, headers: Mapping[str, str]) -> _Reply:
         if endpoint == "export":
             return self._start_export(body)
         assert argument is not None
@@ -348,7 +379,7 @@ class AlloySimulator:
             return self._task_status(argument)
         if endpoint == "export_file":
             return self._export_file(argument)
-        return self._file(argument)
+        return self._file(argument, headers.get("range"))
 
     def _start_export(self, body: bytes) -> _Reply:
         requested = time.monotonic()
@@ -374,7 +405,7 @@ class AlloySimulator:
                 seconds=slow.seconds if slow else self._task_seconds,
                 outcome=_outcome(ending),
                 error=ending.message if ending else None,
-                corrupt=self._take_fault(("corrupt_zip",)) is not None,
+                archive_fault=_kind(self._take_fault(_ARCHIVE_FAULTS)),
             )
             task.thread = threading.Thread(
                 target=task.build,
@@ -412,16 +443,25 @@ class AlloySimulator:
             return _error(409, "TaskNotComplete", f"task {task_id} is {status}")
         return _Reply(200, {"fileItemId": task.file_id})
 
-    def _file(self, file_id: str) -> _Reply:
+    def _file(self, file_id: str, range_header: str | None) -> _Reply:
         with self._lock:
             task = self._files.get(file_id)
         if task is None:
             return _error(404, "NotFound", f"no file {file_id}")
         if not task.built.is_set() or task.build_error:
             return _error(409, "TaskNotComplete", f"the file of task {task.id} is not written")
+        with self._lock:
+            cut = _kind(self._take_fault(_DOWNLOAD_FAULTS, "file"))
         size = task.archive.stat().st_size
-        length = size // 2 if task.corrupt else size
-        return _Reply(200, headers={"Content-Type": "application/zip"}, file=task.archive, length=length)
+        length = size // 2 if task.archive_fault == "corrupt_zip" else size
+        asked = _RANGE.fullmatch(range_header or "")
+        start = int(asked.group(1)) if asked and int(asked.group(1)) < length else 0
+        headers = {"Content-Type": "application/zip", "Accept-Ranges": "bytes"}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{length - 1}/{length}"
+        return _Reply(
+            206 if start else 200, headers=headers, file=task.archive, offset=start, length=length - start, cut=cut
+        )
 
     def _take_fault(self, kinds: Sequence[str], endpoint: str | None = None) -> Fault | None:
         """Use up one application of the oldest queued fault of `kinds` aimed at `endpoint`
@@ -439,6 +479,10 @@ class AlloySimulator:
         return None
 
 
+def _kind(fault: Fault | None) -> FaultKind | None:
+    return fault.kind if fault else None
+
+
 def _outcome(ending: Fault | None) -> Literal["Complete", "Failed", "Deleted"]:
     if ending is None:
         return "Complete"
@@ -448,6 +492,8 @@ def _outcome(ending: Fault | None) -> Literal["Complete", "Failed", "Deleted"]:
 def _fault_reply(fault: Fault) -> _Reply:
     if fault.kind == "disconnect":
         return _Reply(0, disconnect=True)
+    if fault.kind == "reply":
+        return _Reply(200, headers={"Content-Type": fault.content_type}, content=fault.body.encode())
     headers: dict[str, str] = {}
     if fault.retry_after is not None:
         headers["Retry-After"] = _seconds_header(fault.retry_after)
@@ -493,13 +539,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        if reply.cut == "reset_download":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()  # with a zero linger: a TCP reset, not an orderly close
+        if reply.cut:
+            self.close_connection = True
 
     def _send(self, reply: _Reply) -> None:
-        content = b"" if reply.file else json.dumps(reply.payload or {}).encode()
+        if reply.content is not None:
+            content = reply.content
+        else:
+            content = b"" if reply.file else json.dumps(reply.payload or {}).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
         self.send_response(reply.status)
-        if reply.file is None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        for name, value in reply.headers.items():
+        for name, value in headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(reply.length if reply.file else len(content)))
         self.end_headers()
@@ -507,7 +560,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(content)
             return
         with reply.file.open("rb") as source:
-            left = reply.length
+            source.seek(reply.offset)
+            left = reply.length // 2 if reply.cut else reply.length
             while left and (chunk := source.read(min(_CHUNK, left))):
                 self.wfile.write(chunk)
                 left -= len(chunk)

@@ -1,0 +1,102 @@
+"""Publishing a partition, the same way for raw and snapshot: commit, register, retire.
+
+Both assets hand their staged tables and manifest to a `Publisher`, which runs the commit of
+`commit.py`, points the catalog at the new version in between, and before anything else clears
+what an earlier failed commit of the query left behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import dagster as dg
+from pyspark.sql import SparkSession
+
+from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.commit import PartitionCommit, PendingCommit, recover
+from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, Zone
+
+Layer = Literal["raw", "refined"]
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """Commits and registers the partitions of one query in one layer of the lake."""
+
+    lake: Lake
+    catalog: Catalog
+    spark: SparkSession
+    layer: Layer
+    query: str
+    log: logging.Logger | dg.DagsterLogManager
+
+    @property
+    def zone(self) -> Zone:
+        return self.lake.raw if self.layer == "raw" else self.lake.refined
+
+    def _manifest_path(self, day: Day) -> str:
+        if self.layer == "raw":
+            return self.lake.raw_manifest_path(self.query, day)
+        return self.lake.snapshot_manifest_path(self.query, day)
+
+    def _manifest(self, text: str) -> RawManifest | SnapshotManifest:
+        model = RawManifest if self.layer == "raw" else SnapshotManifest
+        return model.model_validate_json(text)
+
+    def _table_root(self, table: str) -> str:
+        if self.layer == "raw":
+            return self.lake.raw_table_root(self.query, table)
+        return self.lake.snapshot_table_root(self.query, table)
+
+    def recover(self) -> None:
+        """Finish or undo this query's commits that stopped half-way (see `commit.recover`)."""
+        for line in recover(
+            self.zone,
+            self.query,
+            dt.timedelta(minutes=self.lake.cleanup_grace_minutes),
+            committed_dirs=self._committed_dirs,
+            register=lambda pending: self.register(self._manifest(self.zone.read_text(pending.manifest_path))),
+        ):
+            self.log.info(f"{self.query}: after a failed commit, {line}")
+
+    def _committed_dirs(self, pending: PendingCommit) -> frozenset[str]:
+        text = self.zone.read_text_if_exists(pending.manifest_path)
+        return frozenset(self.lake.data_dirs(self._manifest(text))) if text else frozenset()
+
+    def begin(self, day: Day, run_id: str) -> PartitionCommit:
+        """Start replacing `day`: stage under `.staging`, name folders after `.version`."""
+        return PartitionCommit.begin(self.zone, self.query, day, run_id, self._manifest_path(day))
+
+    def register(self, manifest: RawManifest | SnapshotManifest) -> None:
+        self.catalog.register_tables(
+            self.spark,
+            self.layer,
+            self.query,
+            Day(manifest.day),
+            manifest.tables,
+            root=lambda table: self.zone.uri_of(self._table_root(table)),
+        )
+
+    def publish(
+        self, commit: PartitionCommit, manifest: RawManifest | SnapshotManifest, moves: Mapping[str, str]
+    ) -> None:
+        """Commit `manifest` with its staged folders, register it, then delete the version it replaced."""
+        commit.apply(manifest.model_dump_json(indent=2), moves, self._replaced_dirs(commit))
+        self.register(manifest)
+        commit.finish()
+
+    def _replaced_dirs(self, commit: PartitionCommit) -> tuple[str, ...]:
+        if commit.read is None:
+            return ()
+        try:
+            return self.lake.data_dirs(self._manifest(commit.read))
+        except ValueError:
+            self.log.warning(
+                f"{self.query} {commit.day.key}: the manifest being replaced cannot be read, so the folders of "
+                "its version are left in place"
+            )
+            return ()

@@ -1,0 +1,302 @@
+"""A failed commit never costs the committed version: failures injected at every step of it.
+
+Three levels. The commit protocol itself, on a local folder and on moto's S3 with the Glue
+catalog (Spark cannot write to S3 here, so the tables are small files). The real raw asset,
+re-running a day through the test engine with its Hive catalog. And a snapshot run killed with
+SIGKILL in the middle of its commit. After every failure the previous version must still be
+what the manifest and the catalog name, complete; the next run clears what was left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+
+from alloy_pipeline.assets.publication import Publisher
+from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.commit import ConcurrentCommitError
+from alloy_pipeline.lake import PENDING, STAGING, Day, Lake, RawManifest, TableOutput, Zone
+from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
+
+QUERY = "dw_container_job"
+DAY = Day.from_key("2024-03-01")
+TABLES = ("jobs", "streets_1")
+
+
+class Injected(RuntimeError):
+    """The failure a test injects; nothing in the pipeline raises it."""
+
+
+@dataclass
+class FailAt:
+    """Raises `Injected` on the `nth` call of one method whose first argument contains `matching`."""
+
+    nth: int
+    matching: str = ""
+    calls: int = 0
+
+    def wrap(self, original: Callable[..., object]) -> Callable[..., object]:
+        def wrapped(owner: object, first: object, *args: object, **kwargs: object) -> object:
+            if self.matching in str(first):
+                self.calls += 1
+                if self.calls == self.nth:
+                    raise Injected(f"injected failure in {original.__name__}")
+            return original(owner, first, *args, **kwargs)
+
+        return wrapped
+
+
+STEPS = {
+    "pending record": ("write_text", FailAt(1, PENDING)),
+    "first move": ("move_dir", FailAt(1)),
+    "second move": ("move_dir", FailAt(2)),
+    "manifest write": ("write_text", FailAt(1, "/manifests/")),
+    "catalog": ("register", FailAt(1)),
+    "old version delete": ("delete_version", FailAt(1)),
+}
+"""Each step of a commit: the method that does it, and which of its calls to fail."""
+BEFORE_MANIFEST = ("pending record", "first move", "second move", "manifest write")
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    method, template = STEPS[step]
+    owner = Catalog if method == "register" else Zone
+    monkeypatch.setattr(owner, method, FailAt(template.nth, template.matching).wrap(getattr(owner, method)))
+
+
+def local(location: str) -> Path:
+    """A `file:` URI as the catalog or the manifest writes it, as a path."""
+    return Path("/" + re.sub(r"^file:/*", "", location).rstrip("/"))
+
+
+# -- the protocol, local and on S3 ------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket")
+        return Lake(raw_zone=f"s3a://{bucket}/raw", refined_zone=f"s3a://{bucket}/refined", cleanup_grace_minutes=0)
+    return Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=0)
+
+
+@pytest.fixture
+def glue(aws: str) -> Catalog:
+    suffix = uuid.uuid4().hex[:8]
+    return Catalog(backend="glue", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
+
+
+def publisher(lake: Lake, catalog: Catalog, spark) -> Publisher:
+    return Publisher(lake, catalog, spark, "raw", QUERY, logging.getLogger("test"))
+
+
+def publish_version(pub: Publisher, label: str) -> RawManifest:
+    """Stage both tables and the CSV, each file holding `label`, and publish them as a new version of DAY."""
+    lake, zone = pub.lake, pub.zone
+    commit = pub.begin(DAY, run_id=label)
+    for table in TABLES:
+        zone.write_text(f"{commit.staging}/parquet/{table}/part-0.parquet", f"{table} {label}")
+    zone.write_text(f"{commit.staging}/csv/Jobs.csv", f"csv {label}")
+    manifest = RawManifest(
+        query=QUERY, day=DAY.date, version=commit.version, kind="full", watermark=None,
+        requested_at=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc), task_id=label, run_id=label, main_table="jobs",
+        tables={
+            table: TableOutput(
+                path=zone.uri_of(lake.raw_table_dir(QUERY, table, DAY, commit.version)), rows=1,
+                column_types=(("item_id", "string"),),
+            )
+            for table in TABLES
+        },
+    )
+    moves = {f"{commit.staging}/csv": lake.landing_dir(QUERY, DAY, commit.version)} | {
+        f"{commit.staging}/parquet/{table}": lake.raw_table_dir(QUERY, table, DAY, commit.version) for table in TABLES
+    }
+    pub.publish(commit, manifest, moves)
+    return manifest
+
+
+def glue_location(catalog: Catalog, table: str) -> str:
+    [partition] = boto3.client("glue").get_partitions(DatabaseName=catalog.raw_database, TableName=f"{QUERY}_{table}")[
+        "Partitions"
+    ]
+    return partition["StorageDescriptor"]["Location"].replace("s3://", "s3a://", 1)
+
+
+def assert_whole(lake: Lake, manifest: RawManifest, label: str) -> None:
+    """Every file of `manifest`'s version is there and is `label`'s."""
+    zone = lake.raw
+    for table, entry in manifest.tables.items():
+        assert zone.read_text(f"{zone.relative_of(entry.path)}/part-0.parquet") == f"{table} {label}"
+    assert zone.read_text(f"{lake.landing_dir(QUERY, DAY, manifest.version)}/Jobs.csv") == f"csv {label}"
+
+
+def versions_on_disk(lake: Lake) -> set[str]:
+    zone = lake.raw
+    folders = [lake.landing_dir(QUERY, DAY)] + [
+        lake.raw_table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES
+    ]
+    return {name for folder in folders for name in zone.list_names(folder)}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_failure_at_any_step_of_a_commit_keeps_a_whole_committed_version(
+    step: str, lake: Lake, glue: Catalog, spark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pub = publisher(lake, glue, spark)
+    old = publish_version(pub, "old")
+    with monkeypatch.context() as patched:
+        inject(patched, step)
+        with pytest.raises(Injected):
+            publish_version(pub, "new")
+
+    [committed] = lake.raw_manifests(QUERY)
+    if step in BEFORE_MANIFEST:
+        assert committed == old
+    assert_whole(lake, committed, "old" if committed == old else "new")
+    for table in TABLES:
+        location = glue_location(glue, table)
+        assert location in (old.tables[table].path, committed.tables[table].path)
+        assert lake.raw.read_text(f"{lake.raw.relative_of(location)}/part-0.parquet").startswith(table), (
+            "the catalog names a version that is whole"
+        )
+
+    pub.recover()
+    assert versions_on_disk(lake) == {committed.version}
+    assert [glue_location(glue, table) for table in TABLES] == [committed.tables[table].path for table in TABLES]
+    for leftover in (f"{PENDING}/{QUERY}", f"{STAGING}/{QUERY}"):
+        assert lake.raw.list_names(leftover) == []
+
+    newest = publish_version(pub, "newest")
+    assert versions_on_disk(lake) == {newest.version}
+    assert_whole(lake, newest, "newest")
+
+
+def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: Catalog, spark, monkeypatch) -> None:
+    lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=60)
+    pub = publisher(lake, glue, spark)
+    old = publish_version(pub, "old")
+    with monkeypatch.context() as patched:
+        inject(patched, "manifest write")
+        with pytest.raises(Injected):
+            publish_version(pub, "new")
+    pub.recover()
+    assert len(versions_on_disk(lake)) == 2, "a commit younger than the grace period may still be running"
+    assert lake.raw.list_names(f"{PENDING}/{QUERY}")
+    assert lake.raw_manifests(QUERY) == [old]
+
+
+def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothing(
+    lake: Lake, glue: Catalog, spark
+) -> None:
+    pub = publisher(lake, glue, spark)
+    publish_version(pub, "old")
+    slow = pub.begin(DAY, run_id="slow")
+    fast = publish_version(pub, "fast")
+    lake.raw.write_text(f"{slow.staging}/parquet/jobs/part-0.parquet", "jobs slow")
+    with pytest.raises(ConcurrentCommitError, match=f"partition {DAY.key}.*another run committed"):
+        slow.apply("{}", {f"{slow.staging}/parquet/jobs": lake.raw_table_dir(QUERY, "jobs", DAY, slow.version)}, ())
+    assert lake.raw_manifests(QUERY) == [fast]
+    assert_whole(lake, fast, "fast")
+
+
+# -- the real raw asset, through the engine and its Hive catalog -----------------------------
+
+
+@pytest.fixture
+def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Iterator[Pipeline]:
+    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"])
+    pipeline.cleanup_grace_minutes = 0
+    yield pipeline
+
+
+def catalog_location(jobs: Pipeline, table: str, day: Day) -> str:
+    catalog = jobs.session_catalog()
+    spec = ", ".join(f"{key} = '{value}'" for key, value in day.fields("import").items())
+    rows = jobs.spark.sql(f"DESCRIBE FORMATTED {catalog.raw_database}.{QUERY}_{table} PARTITION ({spec})").collect()
+    return next(row["data_type"] for row in rows if row["col_name"] == "Location")
+
+
+def table_rows(jobs: Pipeline, manifest: RawManifest) -> dict[str, list[tuple]]:
+    return {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in manifest.tables.items()}
+
+
+@pytest.mark.parametrize("step", ["first move", "manifest write", "catalog", "old version delete"])
+def test_a_raw_day_rerun_that_fails_mid_commit_keeps_the_day(
+    step: str, jobs: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.run(DAY.key, group="alloy_raw")
+    old = jobs.raw_manifest(QUERY, DAY.key)
+    old_rows = table_rows(jobs, old)
+    jobs.simulator.dataset.simulate_day(seed=1)
+
+    with monkeypatch.context() as patched:
+        inject(patched, step)
+        result = jobs.run(DAY.key, group="alloy_raw", raise_on_error=False)
+    assert not result.success and "injected failure" in failure_text(result)
+
+    committed = jobs.raw_manifest(QUERY, DAY.key)
+    if step in BEFORE_MANIFEST:
+        assert committed == old and table_rows(jobs, committed) == old_rows
+    location = local(catalog_location(jobs, QUERY, DAY))
+    assert location in (local(old.tables[QUERY].path), local(committed.tables[QUERY].path))
+    assert jobs.spark.read.parquet(str(location)).count() > 0, "the catalog's partition is readable"
+
+    jobs.run(DAY.key, group="alloy_raw")
+    rerun = jobs.raw_manifest(QUERY, DAY.key)
+    assert local(catalog_location(jobs, QUERY, DAY)) == local(rerun.tables[QUERY].path)
+    day_folder = local(rerun.tables[QUERY].path).parent
+    assert [path.name for path in day_folder.iterdir()] == [rerun.version], "the next run cleared the rest"
+
+
+# -- a process killed in the middle of a commit ------------------------------------------------
+
+
+def test_a_snapshot_run_killed_mid_commit_keeps_the_day(jobs: Pipeline, tmp_path: Path) -> None:
+    jobs.run(DAY.key)
+    old = jobs.snapshot_manifest(QUERY, DAY.key)
+    old_rows = {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in old.tables.items()}
+    marker = tmp_path / "between-moves"
+    catalog = jobs.session_catalog()
+    child = subprocess.Popen(
+        [
+            sys.executable, "-m", "alloy_pipeline_tests.commit_child", str(jobs.root), jobs.remote,
+            catalog.raw_database, catalog.refined_database, DAY.key, str(marker),
+        ],
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert child.poll() is None, child.stdout.read().decode()[-3000:] if child.stdout else ""
+        assert time.monotonic() < deadline, "the child never reached its commit"
+        time.sleep(0.1)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    assert jobs.snapshot_manifest(QUERY, DAY.key) == old
+    assert {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in old.tables.items()} == old_rows
+    [count] = jobs.spark.sql(
+        f"SELECT count(*) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} WHERE snapshot_date = '{DAY.compact}'"
+    ).collect()
+    assert count["n"] == old.tables[QUERY].rows
+
+    jobs.run(DAY.key, group="alloy_snapshot")
+    rebuilt = jobs.snapshot_manifest(QUERY, DAY.key)
+    assert {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in rebuilt.tables.items()} == old_rows
+    day_folder = local(rebuilt.tables[QUERY].path).parent
+    assert [path.name for path in day_folder.iterdir()] == [rebuilt.version]
