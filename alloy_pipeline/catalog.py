@@ -19,12 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
-import boto3
 import dagster as dg
 from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
-from alloy_pipeline.glue_catalog import register_in_glue, registrations_in_glue
+from alloy_pipeline.glue_catalog import GlueResource, register_in_glue, registrations_in_glue
 from alloy_pipeline.lake import Day, TableOutput
 from alloy_pipeline.registration import Registration
 from alloy_pipeline.spark_catalog import register_in_session
@@ -48,6 +47,9 @@ class Catalog(dg.ConfigurableResource):
     backend: Literal["spark", "glue"] = Field(default="spark", description="ALLOY_CATALOG: spark or glue.")
     raw_database: str = Field(default="alloy_raw", description="Database of the raw tables.")
     refined_database: str = Field(default="alloy_refined", description="Database of the snapshot tables.")
+    glue: GlueResource = Field(
+        default_factory=GlueResource, description="The Glue client's AWS settings, used when backend is glue."
+    )
 
     _columns: dict[str, list[str]] = PrivateAttr(default_factory=dict)
     """Columns of the tables this step registered, by table: later days skip the DDL that creates them."""
@@ -57,7 +59,7 @@ class Catalog(dg.ConfigurableResource):
         names = ", ".join(f"{r.qualified_name} ({'/'.join(r.partition_values)})" for r in registrations)
         try:
             if self.backend == "glue":
-                client = boto3.client("glue")
+                client = self.glue.get_client()
                 for registration in registrations:
                     register_in_glue(client, registration)
             else:
@@ -113,7 +115,7 @@ class Catalog(dg.ConfigurableResource):
         """
         if self.backend == "glue":
             databases = [self.raw_database, self.refined_database]
-            for registration in registrations_in_glue(boto3.client("glue"), databases):
+            for registration in registrations_in_glue(self.glue.get_client(), databases):
                 register_in_session(spark, registration)
         return spark
 

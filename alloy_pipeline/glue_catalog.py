@@ -5,9 +5,36 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
+from dagster_aws.utils import ResourceWithBoto3Configuration
 
 from alloy_pipeline.registration import Registration
+
+
+class GlueResource(ResourceWithBoto3Configuration):
+    """The AWS Glue Data Catalog, with dagster-aws's usual region, endpoint, profile and retry settings.
+
+    Unset, each setting falls back to the AWS environment (`AWS_REGION`, `AWS_ENDPOINT_URL`,
+    `AWS_PROFILE`, …), as boto3 does.
+    """
+
+    def get_client(self) -> Any:
+        session = boto3.session.Session(
+            profile_name=self.profile_name,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+        return session.client(
+            "glue",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            config=Config(retries={"max_attempts": self.max_attempts, "mode": "standard"}),
+        )
 
 
 def _glue_columns(columns: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
