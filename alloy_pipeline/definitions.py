@@ -11,6 +11,7 @@ from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import AqsQuery, load_queries
 from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
 from alloy_pipeline.assets.snapshot import build_snapshot_asset
+from alloy_pipeline.cascade import build_cascade_sensor
 from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.lake import ALLOY_PREFIX, Lake
 from alloy_pipeline.mapping import MappingFiles
@@ -78,6 +79,14 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
+def cascade_enabled() -> bool:
+    """`ALLOY_CASCADE`: `on` (the default) rebuilds out-of-date snapshots; `off` only flags them."""
+    value = os.environ.get("ALLOY_CASCADE", "on").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"ALLOY_CASCADE must be on or off, not {value!r}")
+    return value == "on"
+
+
 def build_definitions() -> dg.Definitions:
     """The whole code location, from the environment as it is now."""
     queries = load_queries(Path(os.environ.get("ALLOY_AQS_DIR", "aqs_queries")))
@@ -86,6 +95,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions.merge(
         *(build_query_definitions(query, partitions, days_per_run=days_per_run) for query in queries),
         build_schedules([query.slug for query in queries], partitions),
+        dg.Definitions(sensors=[build_cascade_sensor([query.slug for query in queries], enabled=cascade_enabled())]),
         dg.Definitions(
             resources=build_resources(),
             executor=build_executor(int(os.environ.get("ALLOY_MAX_CONCURRENT_EXPORTS", DEFAULT_MAX_CONCURRENT_EXPORTS))),

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 from alloy_pipeline.columns import RenamedHeader
+from alloy_pipeline.lineage import Lineage
 
 ALLOY_PREFIX = "env-services/alloy"
 RAW_DOWNLOADS = f"{ALLOY_PREFIX}/alloy_api_downloads"
@@ -272,6 +273,8 @@ class SnapshotManifest(BaseModel):
     carried_forward: int
     removed: int
     tables: dict[str, SnapshotTable]
+    inputs: Lineage | None = None
+    """The versions this snapshot was built on; None for a snapshot written before lineage."""
 
 
 class Lake(dg.ConfigurableResource):

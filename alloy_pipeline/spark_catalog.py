@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.registration import Registration
@@ -35,41 +36,66 @@ def create_statements(registration: Registration) -> list[str]:
     ]
 
 
-def update_statements(registration: Registration, existing_columns: Sequence[str]) -> list[str]:
-    """DDL that adds new columns and the partition, and points it at this version's folder; idempotent.
-
-    Moving the partition is one metastore update, so a reader by table name sees the old version
-    or the new one, never a mix.
-    """
-    name = f"{_quote(registration.database)}.{_quote(registration.table)}"
+def column_statements(registration: Registration, existing_columns: Sequence[str]) -> list[str]:
+    """DDL that adds the registration's columns the table lacks (Spark SQL); none when it has them all."""
     known = {column.lower() for column in existing_columns}
     added = [f"{_quote(column)} {kind}" for column, kind in registration.data_columns if column.lower() not in known]
+    return [f"ALTER TABLE {_name(registration)} ADD COLUMNS ({', '.join(added)})"] if added else []
+
+
+def partition_statements(registration: Registration) -> tuple[str, str]:
+    """DDL that adds the partition at this version's folder, and that moves an existing one there.
+
+    Moving a partition is one metastore update, so a reader by table name sees the old version or
+    the new one, never a mix.
+    """
     spec = ", ".join(
         f"{_quote(key)} = {_literal(value)}"
         for key, value in zip(registration.partition_keys, registration.partition_values, strict=True)
     )
     location = _literal(registration.partition_location)
-    statements = [f"ALTER TABLE {name} ADD COLUMNS ({', '.join(added)})"] if added else []
-    return statements + [
-        f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({spec}) LOCATION {location}",
-        f"ALTER TABLE {name} PARTITION ({spec}) SET LOCATION {location}",
-    ]
+    return (
+        f"ALTER TABLE {_name(registration)} ADD PARTITION ({spec}) LOCATION {location}",
+        f"ALTER TABLE {_name(registration)} PARTITION ({spec}) SET LOCATION {location}",
+    )
+
+
+def _name(registration: Registration) -> str:
+    return f"{_quote(registration.database)}.{_quote(registration.table)}"
+
+
+def _columns(spark: SparkSession, registration: Registration) -> list[str] | None:
+    try:
+        return spark.table(registration.qualified_name).columns
+    except AnalysisException as error:
+        if error.getCondition() != "TABLE_OR_VIEW_NOT_FOUND":
+            raise
+        return None
 
 
 def register_in_session(
     spark: SparkSession, registration: Registration, known_columns: Sequence[str] | None = None
 ) -> list[str]:
-    """Register through a Spark session's own catalog (a cluster's, or the local metastore).
+    """Register through a Spark session's own catalog (a cluster's, or the local metastore); idempotent.
 
-    `known_columns` are the table's columns as an earlier registration in this step left them:
-    a ranged rebuild registers the same tables every day, and knowing they exist saves three of
-    the four round trips. Returns the table's columns after this registration.
+    Each statement is a round trip to the metastore, so the common cases take the fewest: a table
+    that exists costs a column lookup (none when `known_columns`, from an earlier registration in
+    this step, are given), and a new partition a single `ADD PARTITION`. Returns the table's
+    columns after this registration.
     """
-    if known_columns is None:
+    columns = list(known_columns) if known_columns is not None else _columns(spark, registration)
+    if columns is None:
         for statement in create_statements(registration):
             spark.sql(statement)
-        known_columns = spark.table(registration.qualified_name).columns
-    for statement in update_statements(registration, known_columns):
+        columns = [name for name, _ in registration.columns]
+    for statement in column_statements(registration, columns):
         spark.sql(statement)
-    known = {column.lower() for column in known_columns}
-    return [*known_columns, *(name for name, _ in registration.data_columns if name.lower() not in known)]
+    add, move = partition_statements(registration)
+    try:
+        spark.sql(add)
+    except AnalysisException as error:
+        if error.getCondition() != "PARTITIONS_ALREADY_EXIST":
+            raise
+        spark.sql(move)
+    known = {column.lower() for column in columns}
+    return [*columns, *(name for name, _ in registration.data_columns if name.lower() not in known)]

@@ -122,6 +122,18 @@ class Pipeline:
             raise_on_error=raise_on_error,
         )
 
+    def stored_snapshots(self, query: str) -> dict[str, tuple[dict, dict[str, list[tuple]]]]:
+        """What a reader of the lake gets for each snapshot day: its manifest, less what names the run
+        and its inputs' runs, and every table's rows."""
+        run_specific = {"run_id": True, "version": True, "inputs": True, "tables": {"__all__": {"path"}}}
+        return {
+            manifest.day.isoformat(): (
+                manifest.model_dump(exclude=run_specific),
+                {table: rows_of(self.spark.read.parquet(entry.path)) for table, entry in manifest.tables.items()},
+            )
+            for manifest in self.lake.snapshot_manifests(query)
+        }
+
     def raw_manifest(self, query: str, day: str) -> RawManifest | None:
         return next((m for m in self.lake.raw_manifests(query) if m.day.isoformat() == day), None)
 

@@ -8,12 +8,12 @@ import pytest
 
 from alloy_pipeline.definitions import build_definitions
 from alloy_pipeline.naming import snapshot_key
-from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
+from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text
 
 QUERY = "dw_container_job"
 JOINED = "waste_container_1"
 KEY = snapshot_key(QUERY)
-CHECKS = ("unique_item_id", "row_count_reconciles", "schema_drift")
+CHECKS = ("unique_item_id", "row_count_reconciles", "schema_drift", "built_on_current_inputs")
 EXPORTED = ["2024-03-01", "2024-03-02", "2024-03-03"]
 FULL_REFRESH = EXPORTED[2]
 DAYS = [*EXPORTED, "2024-03-04"]
@@ -42,17 +42,6 @@ def export_days(jobs: Pipeline, group: str | None = None) -> Evaluations:
             jobs.simulator.dataset.simulate_day(seed=number)
         evaluations |= evaluations_of(jobs.run(day, group=group, full_refresh=day == FULL_REFRESH))
     return evaluations
-
-
-def stored(jobs: Pipeline) -> dict[str, tuple[dict, dict[str, list[tuple]]]]:
-    """What a reader of the lake gets for each day: its manifest, less what names the run, and every table's rows."""
-    return {
-        manifest.day.isoformat(): (
-            manifest.model_dump(exclude={"run_id": True, "version": True, "tables": {"__all__": {"path"}}}),
-            {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in manifest.tables.items()},
-        )
-        for manifest in jobs.lake.snapshot_manifests(QUERY)
-    }
 
 
 def committed_by(jobs: Pipeline, run_id: str) -> list[str]:
@@ -87,12 +76,12 @@ def check_statuses(jobs: Pipeline, run_id: str) -> dict[tuple[str | None, str], 
 
 def test_a_ranged_run_rebuilds_exactly_the_day_by_day_partitions(jobs: Pipeline) -> None:
     by_day = export_days(jobs) | evaluations_of(jobs.run(DAYS[-1], group="alloy_snapshot"))
-    before = stored(jobs)
+    before = jobs.stored_snapshots(QUERY)
     assert list(before) == DAYS
     assert len({len(tables[QUERY]) for _, tables in before.values()}) > 1, "the days differ"
 
     result = jobs.rebuild(DAYS[0], DAYS[-1])
-    assert stored(jobs) == before
+    assert jobs.stored_snapshots(QUERY) == before
     assert committed_by(jobs, result.run_id) == DAYS
     assert materialized_by(jobs, result.run_id) == DAYS
     ranged = evaluations_of(result)
@@ -106,7 +95,7 @@ def test_a_ranged_run_rebuilds_exactly_the_day_by_day_partitions(jobs: Pipeline)
 def test_a_failure_on_a_day_keeps_the_days_before_it_and_the_versions_after_it(jobs: Pipeline) -> None:
     export_days(jobs, group="alloy_raw")
     first = jobs.rebuild(DAYS[0], DAYS[-1]).run_id
-    before = stored(jobs)
+    before = jobs.stored_snapshots(QUERY)
     failing = DAYS[2]
     raw = jobs.raw_manifest(QUERY, failing).tables[QUERY].path
     jobs.spark.read.parquet(raw).limit(1).write.mode("append").parquet(raw)
@@ -119,7 +108,7 @@ def test_a_failure_on_a_day_keeps_the_days_before_it_and_the_versions_after_it(j
 
     assert committed_by(jobs, result.run_id) == DAYS[:2]
     assert committed_by(jobs, first) == DAYS[2:]
-    assert stored(jobs) == before, "each day reads as before: rebuilt, or its previous version"
+    assert jobs.stored_snapshots(QUERY) == before, "each day reads as before: rebuilt, or its previous version"
     assert materialized_by(jobs, result.run_id) == DAYS[:2]
     statuses = check_statuses(jobs, result.run_id)
     assert {key for key, status in statuses.items() if status == "SUCCEEDED"} == {

@@ -4,6 +4,7 @@ Snapshot D is a function of stored data only (the snapshot before D, the raw par
 up to D, and the mapping files), so a backfill in date order rebuilds the same partitions.
 """
 
+import datetime as dt
 import logging
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,48 +25,10 @@ from alloy_pipeline.frames import drop_root_items, rename_columns, stamp_columns
 from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.naming import raw_key, snapshot_key
+from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
 
 ITEM_ID = "item_id"
 PRIMARY_ITEM = "primary_item"
-
-
-class SnapshotError(RuntimeError):
-    """A snapshot that cannot be built from what is stored."""
-
-
-@dataclass(frozen=True)
-class SnapshotPlan:
-    """What snapshot D is built from: a base snapshot (or nothing) and raw partitions, in date order."""
-
-    day: Day
-    previous: SnapshotManifest | None
-    base: SnapshotManifest | None
-    raws: tuple[RawManifest, ...]
-
-
-def plan_snapshot(
-    query: str, day: Day, snapshots: list[SnapshotManifest], raws: list[RawManifest]
-) -> SnapshotPlan:
-    """Start from the latest snapshot before D; apply raw partitions after it up to D.
-
-    A full extract among them makes everything before it irrelevant, deletions included.
-    """
-    earlier = [manifest for manifest in snapshots if manifest.day < day.date]
-    previous = max(earlier, key=lambda manifest: manifest.day) if earlier else None
-    pending = sorted(
-        (raw for raw in raws if raw.day <= day.date and (previous is None or raw.day > previous.day)),
-        key=lambda raw: raw.day,
-    )
-    fulls = [index for index, raw in enumerate(pending) if raw.kind == "full"]
-    base = previous
-    if fulls:
-        pending, base = pending[fulls[-1] :], None
-    if base is None and not pending:
-        raise SnapshotError(
-            f"query {query}, partition {day.key}: no raw partition on or before this day; "
-            f"materialise alloy/raw/{query} first"
-        )
-    return SnapshotPlan(day=day, previous=previous, base=base, raws=tuple(pending))
 
 
 @dataclass(frozen=True)
@@ -348,6 +311,7 @@ def _write_and_publish(
         carried_forward=counts.carried_forward,
         removed=counts.removed,
         tables=tables,
+        inputs=plan.lineage,
     )
     step.publisher.publish(
         commit,
@@ -383,10 +347,30 @@ def _materialization_metadata(
     }
 
 
-def build_day(step: SnapshotStep, plan: SnapshotPlan) -> CommittedDay:
+def _current_inputs_check(plan: SnapshotPlan, stale: Mapping[dt.date, list[str]]) -> dg.AssetCheckResult:
+    """A day is built on its committed inputs by construction, but its base may itself be out of date."""
+    changes = (
+        [f"base snapshot {plan.base.day.isoformat()} is out of date: " + "; ".join(stale[plan.base.day])]
+        if plan.base is not None and plan.base.day in stale
+        else []
+    )
+    return dg.AssetCheckResult(
+        check_name=CURRENT_INPUTS_CHECK,
+        passed=not changes,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "base_snapshot": plan.lineage.base.describe() if plan.lineage.base else "none",
+            "raw_partitions": dg.MetadataValue.json([raw.describe() for raw in plan.lineage.raws]),
+            "changes": dg.MetadataValue.json(changes),
+        },
+    )
+
+
+def build_day(step: SnapshotStep, plan: SnapshotPlan, stale: Mapping[dt.date, list[str]]) -> CommittedDay:
     """Merge, check, write and publish snapshot `plan.day` (committed, then registered in the catalog).
 
-    Raises BlockedSnapshot (nothing written) when a raw main table repeats an item id.
+    `stale` are the days out of date (`out_of_date`) when the day is built. Raises
+    BlockedSnapshot (nothing written) when a raw main table repeats an item id.
     """
     day = plan.day
     step.log.info(
@@ -407,18 +391,19 @@ def build_day(step: SnapshotStep, plan: SnapshotPlan) -> CommittedDay:
     return CommittedDay(
         manifest=manifest,
         metadata=_materialization_metadata(step, plan, manifest, counts),
-        checks=(unique, *_checks_after_write(manifest, plan.previous, counts)),
+        checks=(unique, *_checks_after_write(manifest, plan.previous, counts), _current_inputs_check(plan, stale)),
     )
 
 
 def snapshot_one_day(step: SnapshotStep, day: Day) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """A run of one partition: Dagster records these results against the run's partition."""
     step.publisher.recover()
-    plan = plan_snapshot(
-        step.query, day, step.lake.snapshot_manifests(step.query, replacing=(day,)), step.lake.raw_manifests(step.query)
-    )
+    snapshots = step.lake.snapshot_manifests(step.query, replacing=(day,))
+    raws = step.lake.raw_manifests(step.query)
     try:
-        committed = build_day(step, plan)
+        committed = build_day(
+            step, plan_snapshot(step.query, day, snapshots, raws), out_of_date(step.query, snapshots, raws)
+        )
     except BlockedSnapshot as blocked:
         yield blocked.check
         raise
@@ -462,14 +447,16 @@ def snapshot_days(
     step.publisher.recover()
     snapshots = step.lake.snapshot_manifests(step.query, replacing=days)
     raws = step.lake.raw_manifests(step.query)
+    stale = out_of_date(step.query, snapshots, raws)
     for index, day in enumerate(days):
         try:
-            committed = build_day(step, plan_snapshot(step.query, day, snapshots, raws))
+            committed = build_day(step, plan_snapshot(step.query, day, snapshots, raws), stale)
         except Exception as error:
             if isinstance(error, BlockedSnapshot):
                 yield _evaluation(error.check, specs[error.check.check_name], day)
             raise SnapshotError(_range_failure(step.query, days, index)) from error
         snapshots = [manifest for manifest in snapshots if manifest.day != day.date] + [committed.manifest]
+        stale.pop(day.date, None)
         yield dg.AssetMaterialization(asset_key=key, partition=day.key, metadata=committed.metadata)
         yield from (_evaluation(check, specs[check.check_name], day) for check in committed.checks)
 
@@ -498,6 +485,15 @@ def _check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[
             "schema_drift",
             asset=key,
             description="Columns added or removed since the previous snapshot.",
+            partitions_def=partitions,
+        ),
+        dg.AssetCheckSpec(
+            CURRENT_INPUTS_CHECK,
+            asset=key,
+            description=(
+                "The snapshot before this day and the raw partitions applied to it are still the committed "
+                "versions; re-evaluated by alloy_cascade_sensor when one of them is re-run."
+            ),
             partitions_def=partitions,
         ),
     ]

@@ -1,0 +1,120 @@
+"""After any re-run, every later snapshot is either rebuilt or visibly flagged.
+
+Dagster never cascades a change to a past partition through a self-dependent asset, on purpose.
+`alloy_cascade_sensor` does it for the snapshot assets: when a query's raw or snapshot asset is
+materialised, it compares each snapshot day's recorded lineage with the committed versions
+(`snapshot_plan.out_of_date`), reports the days that are out of date as failing
+`built_on_current_inputs`, and requests one run that rebuilds them from the first such day to
+the latest snapshot, in date order (a ranged run, as a backfill's). It never requests a second
+rebuild of a query while one is queued or running, and one change rebuilds each later day once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+
+import dagster as dg
+from pydantic import BaseModel, ConfigDict
+
+from alloy_pipeline.lake import Lake
+from alloy_pipeline.naming import raw_key, snapshot_key
+from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, out_of_date
+
+CASCADE_TAG = "alloy_pipeline/cascade"
+"""On a cascade's run: the query whose snapshots it rebuilds."""
+CAUSE_TAG = "alloy_pipeline/cascade_cause"
+"""On a cascade's run: what made its first day out of date."""
+SENSOR_NAME = "alloy_cascade_sensor"
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+class _Cursor(BaseModel):
+    """Per query: the newest materialisations seen, and the flags already reported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seen: dict[str, tuple[int, int]] = {}
+    flagged: dict[str, dict[str, list[str]]] = {}
+
+
+def _newest(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1).records
+    return records[0].storage_id if records else 0
+
+
+def _cascade_active(instance: dg.DagsterInstance, query: str) -> bool:
+    return bool(instance.get_run_records(dg.RunsFilter(tags={CASCADE_TAG: query}, statuses=_ACTIVE), limit=1))
+
+
+def _flag(query: str, day: dt.date, changes: list[str]) -> dg.AssetCheckEvaluation:
+    return dg.AssetCheckEvaluation(
+        asset_key=snapshot_key(query),
+        check_name=CURRENT_INPUTS_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        partition=day.isoformat(),
+        description="Built on versions that are no longer the committed ones; a rebuild of this day brings it up to date.",
+        metadata={"changes": dg.MetadataValue.json(changes)},
+    )
+
+
+def _rebuild(query: str, stale: dict[dt.date, list[str]], last: dt.date) -> dg.RunRequest:
+    first = min(stale)
+    cause = f"{first.isoformat()}: " + "; ".join(stale[first])
+    digest = hashlib.sha256(json.dumps(stale[first]).encode()).hexdigest()[:16]
+    return dg.RunRequest(
+        run_key=f"{query}:{first.isoformat()}:{last.isoformat()}:{digest}",
+        asset_selection=[snapshot_key(query)],
+        tags={
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": last.isoformat(),
+            CASCADE_TAG: query,
+            CAUSE_TAG: cause[:4000],
+        },
+    )
+
+
+def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorDefinition:
+    """The sensor over `queries`; with `enabled` false it still flags, and requests nothing."""
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        asset_selection=[snapshot_key(query) for query in queries],
+        description=(
+            "Flags snapshot days built on versions that were re-run since, and rebuilds them in date order"
+            + ("" if enabled else " (rebuilds switched off: ALLOY_CASCADE=off)")
+            + "."
+        ),
+    )
+    def alloy_cascade_sensor(context: dg.SensorEvaluationContext, lake: Lake) -> dg.SensorResult:
+        cursor = _Cursor.model_validate_json(context.cursor) if context.cursor else _Cursor()
+        requests: list[dg.RunRequest] = []
+        flags: list[dg.AssetCheckEvaluation] = []
+        for query in queries:
+            newest = (_newest(context.instance, raw_key(query)), _newest(context.instance, snapshot_key(query)))
+            if cursor.seen.get(query) == newest:
+                continue
+            snapshots = lake.snapshot_manifests(query)
+            stale = out_of_date(query, snapshots, lake.raw_manifests(query))
+            reported = cursor.flagged.get(query, {})
+            flags += [_flag(query, day, changes) for day, changes in stale.items() if reported.get(day.isoformat()) != changes]
+            cursor.flagged[query] = {day.isoformat(): changes for day, changes in stale.items()}
+            if _cascade_active(context.instance, query):
+                continue
+            cursor.seen[query] = newest
+            if stale and enabled:
+                requests.append(_rebuild(query, stale, max(snapshot.day for snapshot in snapshots)))
+        return dg.SensorResult(run_requests=requests, asset_events=flags, cursor=cursor.model_dump_json())
+
+    return alloy_cascade_sensor

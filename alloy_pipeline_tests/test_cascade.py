@@ -1,0 +1,88 @@
+"""Re-running an old day: every later snapshot is flagged, then rebuilt once, in order, by the cascade sensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from alloy_pipeline.cascade import CASCADE_TAG, CAUSE_TAG, build_cascade_sensor
+from alloy_pipeline.naming import snapshot_key
+from alloy_pipeline_tests.harness import Pipeline
+
+QUERY = "dw_container_job"
+DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04", "2024-03-05"]
+CHECK = "built_on_current_inputs"
+START, END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+@pytest.fixture
+def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Pipeline:
+    """Five days of one query, Alloy changing between them, then raw day 2 re-extracted with other data."""
+    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"])
+    for number, day in enumerate(DAYS):
+        if number:
+            pipeline.simulator.dataset.simulate_day(seed=number)
+        pipeline.run(day)
+    pipeline.simulator.dataset.simulate_day(seed=99)
+    pipeline.run(DAYS[1], group="alloy_raw")
+    return pipeline
+
+
+def evaluate(jobs: Pipeline, *, enabled: bool = True, cursor: str | None = None) -> dg.SensorResult:
+    """One tick of the sensor, as the daemon would run it."""
+    context = dg.build_sensor_context(instance=jobs.instance, resources={"lake": jobs.lake}, cursor=cursor)
+    result = build_cascade_sensor([QUERY], enabled=enabled)(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def flags(result: dg.SensorResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {event.partition: event for event in result.asset_events if isinstance(event, dg.AssetCheckEvaluation)}
+
+
+def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixes_them(jobs: Pipeline) -> None:
+    switched_off = evaluate(jobs, enabled=False)
+    assert sorted(flags(switched_off)) == DAYS[1:], "flagged with the cascade switched off too"
+    assert not switched_off.run_requests, "and nothing launched"
+    again = evaluate(jobs, enabled=False, cursor=switched_off.cursor)
+    assert not flags(again) and not again.run_requests, "nothing new to report on the next tick"
+
+    job = dg.Definitions(assets=jobs.assets(), resources=jobs.resources()).resolve_implicit_global_asset_job_def()
+    running = jobs.instance.create_run_for_job(job, tags={CASCADE_TAG: QUERY}, status=dg.DagsterRunStatus.STARTED)
+    while_running = evaluate(jobs)
+    assert flags(while_running) and not while_running.run_requests, "no second cascade while one runs"
+    jobs.instance.report_run_canceled(running)
+
+    result = evaluate(jobs)
+    flagged = flags(result)
+    assert sorted(flagged) == DAYS[1:], "day 2 was built on the old raw day 2, days 3 to 5 on day 2"
+    assert all(flag.check_name == CHECK and not flag.passed for flag in flagged.values())
+    assert "raw partition 2024-03-02" in " ".join(flagged[DAYS[1]].metadata["changes"].value)
+    assert "base snapshot 2024-03-02 is itself out of date" in flagged[DAYS[2]].metadata["changes"].value
+
+    [request] = result.run_requests
+    assert (request.tags[START], request.tags[END]) == (DAYS[1], DAYS[-1])
+    assert request.tags[CASCADE_TAG] == QUERY and "raw partition 2024-03-02" in request.tags[CAUSE_TAG]
+    assert request.asset_selection == [snapshot_key(QUERY)]
+
+    cascade = dg.materialize(
+        jobs.assets(),
+        selection=request.asset_selection,
+        tags=request.tags,
+        resources=jobs.resources(),
+        instance=jobs.instance,
+    )
+    rebuilt = [event.partition for event in cascade.get_asset_materialization_events()]
+    assert rebuilt == DAYS[1:], "each later day once, in date order"
+    evaluations = [e for e in cascade.get_asset_check_evaluations() if e.check_name == CHECK]
+    assert len(evaluations) == 4 and all(evaluation.passed for evaluation in evaluations)
+
+    after = evaluate(jobs, cursor=result.cursor)
+    assert not after.run_requests and not flags(after), "nothing is out of date any more"
+
+    cascaded = jobs.stored_snapshots(QUERY)
+    for day in DAYS:
+        jobs.run(day, group="alloy_snapshot")
+    assert jobs.stored_snapshots(QUERY) == cascaded, "the same as a fresh day-by-day build"
