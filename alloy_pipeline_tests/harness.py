@@ -63,6 +63,13 @@ class Pipeline:
             shutil.copy(REPO / "aqs_queries" / f"{name}.json", root / "aqs")
         return cls(simulator, remote, spark, instance, root, mapping_location or str(root / "mappings"))
 
+    def keep_only(self, *names: str) -> Pipeline:
+        """Remove every AQS file but `names`: a test about one query need not export the others."""
+        for aqs_file in self.aqs_dir.glob("*.json"):
+            if aqs_file.stem not in names:
+                aqs_file.unlink()
+        return self
+
     def resources(self) -> dict[str, object]:
         return {
             "alloy": AlloyApi(

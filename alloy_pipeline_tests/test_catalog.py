@@ -17,8 +17,8 @@ NEW_JOIN = "root.attributes_jobAssignedContainer.designs_wasteContainer.attribut
 NEW_COLUMN = "root_assigned_container_waste_container_serial_number"
 
 
-def two_days_with_a_new_column(pipeline: Pipeline) -> None:
-    """Day 1; the query gains a joined attribute; day 2; then day 2 again."""
+def two_days_with_a_new_column(pipeline: Pipeline, *, rerun: bool = True) -> None:
+    """Day 1; the query gains a joined attribute; day 2; then (`rerun`) day 2 again."""
     pipeline.run(DAYS[0])
     aqs_file = pipeline.aqs_dir / "DW Container Job.json"
     request = json.loads(aqs_file.read_text())
@@ -26,7 +26,8 @@ def two_days_with_a_new_column(pipeline: Pipeline) -> None:
     aqs_file.write_text(json.dumps(request))
     pipeline.simulator.dataset.edit("designs_wasteContainerJob", 3)
     pipeline.run(DAYS[1])
-    pipeline.run(DAYS[1])
+    if rerun:
+        pipeline.run(DAYS[1])
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def glue_catalog(**settings: object) -> Catalog:
 def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark, capsys: pytest.CaptureFixture[str]) -> None:
     catalog = glue_catalog()
     jobs.catalog = catalog
-    two_days_with_a_new_column(jobs)
+    two_days_with_a_new_column(jobs, rerun=False)
     glue = boto3.client("glue")
 
     for database, keys in ((catalog.raw_database, "import"), (catalog.refined_database, "snapshot")):
