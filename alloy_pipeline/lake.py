@@ -42,14 +42,15 @@ class ManifestError(RuntimeError):
     """A manifest file the pipeline cannot read; the message names it and how to repair it."""
 
 
-def new_version(now: dt.datetime | None = None) -> str:
+def new_version() -> str:
     """A fresh version folder name: its UTC time first, so listings sort by age, then a random id."""
-    moment = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
-    return f"{VERSION_PREFIX}{moment:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:12]}"
+    return f"{VERSION_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:12]}"
 
 
 def version_time(version: str) -> dt.datetime | None:
     """When `version` was made, from its name; None for a name that is not a version's."""
+    if not version.startswith(VERSION_PREFIX):
+        return None
     try:
         return dt.datetime.strptime(version[len(VERSION_PREFIX) :].split("_", 1)[0], "%Y%m%dT%H%M%SZ").replace(
             tzinfo=dt.timezone.utc

@@ -314,3 +314,33 @@ def test_a_damaged_manifest_is_named_and_rerunning_its_day_repairs_it(jobs: Pipe
     jobs.run(DAY.key, group="alloy_raw")
     jobs.run("2024-03-02", group="alloy_raw")
     assert [manifest.day.isoformat() for manifest in jobs.lake.raw_manifests(QUERY)] == [DAY.key, "2024-03-02"]
+
+
+def test_a_lake_written_before_versions_is_read_and_replaced_cleanly(jobs: Pipeline) -> None:
+    """A day written before version folders has its files in the day's folder, perhaps with a newer
+    version folder that a failed commit left inside it: the day reads as its own files, and
+    replacing it removes those files and nothing else."""
+    jobs.run(DAY.key, group="alloy_raw")
+    manifest = jobs.raw_manifest(QUERY, DAY.key)
+    legacy_tables = {}
+    for table, entry in manifest.tables.items():
+        version_folder = local(entry.path)
+        for part in version_folder.iterdir():
+            part.rename(version_folder.parent / part.name)
+        version_folder.rename(version_folder.parent / "v_20240301T000000Z_orphan")
+        (version_folder.parent / "v_20240301T000000Z_orphan" / "extra.parquet").write_bytes(
+            next(version_folder.parent.glob("*.parquet")).read_bytes()
+        )
+        legacy_tables[table] = entry.model_copy(update={"path": entry.path.rsplit("/", 1)[0]})
+    legacy = manifest.model_copy(update={"version": None, "tables": legacy_tables})
+    local(jobs.lake.raw.uri_of(jobs.lake.raw_manifest_path(QUERY, DAY))).write_text(legacy.model_dump_json())
+
+    jobs.run(DAY.key, group="alloy_snapshot")
+    snapshot = jobs.snapshot_manifest(QUERY, DAY.key)
+    assert snapshot.tables[QUERY].rows == manifest.tables[QUERY].rows, "only the day's own files were read"
+
+    jobs.run(DAY.key, group="alloy_raw")
+    rerun = jobs.raw_manifest(QUERY, DAY.key)
+    day_folder = local(rerun.tables[QUERY].path).parent
+    assert not list(day_folder.glob("*.parquet")), "the replaced legacy files are gone"
+    assert {path.name for path in day_folder.iterdir()} == {rerun.version, "v_20240301T000000Z_orphan"}
