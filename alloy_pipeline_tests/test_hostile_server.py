@@ -117,8 +117,9 @@ def test_a_key_that_cannot_be_a_header_is_refused_without_echoing_it(
         Fault("reset_download", times=10),
         Fault("status", endpoint="export_file", status=500, times=10),
         Fault("disconnect", endpoint="export"),
+        Fault("status", endpoint="export", status=400, body='{"echo": "{authorization}"}'),
     ],
-    ids=["html", "failed-task", "zip-bomb", "resets", "http-500", "post-dropped"],
+    ids=["html", "failed-task", "zip-bomb", "resets", "http-500", "post-dropped", "proxy-echoes-the-header"],
 )
 def test_the_key_never_appears_when_an_export_fails(
     simulator: AlloySimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: Fault

@@ -125,7 +125,13 @@ def _status_failure(where: str, response: httpx.Response) -> AlloyError | None:
         return None
     response.read()
     kind = AlloyUnavailable if response.status_code in RETRYABLE_STATUS else AlloyError
-    return kind(f"Alloy {where}: HTTP {response.status_code}: {response.text[:500]}")
+    return kind(f"Alloy {where}: HTTP {response.status_code}: {_without_credentials(response)[:500]}")
+
+
+def _without_credentials(response: httpx.Response) -> str:
+    """The reply's text, with the request's key taken out should the server or a proxy echo it."""
+    key = response.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return response.text.replace(key, "[redacted]") if key else response.text
 
 
 def _decode(model: type[_M], response: httpx.Response, where: str) -> _M:

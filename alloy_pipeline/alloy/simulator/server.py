@@ -60,7 +60,8 @@ class Fault:
     """A scripted misbehaviour for the next `times` matching requests (or exports).
 
     - `status`: answer requests to `endpoint` with HTTP `status` (429 may carry `retry_after`
-      and `rate_limit_reset` seconds).
+      and `rate_limit_reset` seconds), and `body` if given, where `{authorization}` stands for
+      the request's own header (a proxy that echoes what it received).
     - `disconnect`: close the connection to `endpoint` without any response.
     - `reply`: answer requests to `endpoint` with HTTP 200 and `body` as `content_type`, whatever
       they asked (a bad id, an unknown task status, an HTML page from a proxy).
@@ -353,7 +354,7 @@ class AlloySimulator:
             fault = self._take_fault(_REQUEST_FAULTS, endpoint or "unrouted")
         reset_header = str(math.ceil(reset))
         if fault is not None:
-            reply = _fault_reply(fault)
+            reply = _fault_reply(fault, headers.get("authorization", ""))
         elif remaining < 0:
             reply = _error(429, "TooManyRequests", "rate limit exceeded", {"Retry-After": reset_header})
         elif not self._authorised(headers):
@@ -489,7 +490,7 @@ def _outcome(ending: Fault | None) -> Literal["Complete", "Failed", "Deleted"]:
     return "Failed" if ending.kind == "failed_task" else "Deleted"
 
 
-def _fault_reply(fault: Fault) -> _Reply:
+def _fault_reply(fault: Fault, authorization: str) -> _Reply:
     if fault.kind == "disconnect":
         return _Reply(0, disconnect=True)
     if fault.kind == "reply":
@@ -499,6 +500,9 @@ def _fault_reply(fault: Fault) -> _Reply:
         headers["Retry-After"] = _seconds_header(fault.retry_after)
     if fault.rate_limit_reset is not None:
         headers["X-Rate-Limit-Reset"] = _seconds_header(fault.rate_limit_reset)
+    if fault.body:
+        echoed = fault.body.replace("{authorization}", authorization)
+        return _Reply(fault.status, headers={"Content-Type": fault.content_type, **headers}, content=echoed.encode())
     code = "TooManyRequests" if fault.status == 429 else "SimulatedFault"
     return _error(fault.status, code, f"simulated HTTP {fault.status}", headers)
 
