@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(BIN)/alloy-pipeline demo
 
 test: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 sql: $(STAMP)

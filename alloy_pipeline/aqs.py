@@ -7,9 +7,9 @@ from loading with a message that names it, rather than fail a run at 3 a.m.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -69,7 +69,7 @@ class QueryRoot(_Root):
     properties: QueryProperties
 
 
-AqsRoot = Annotated[Union[JoinRoot, QueryRoot], Field(discriminator="type")]
+AqsRoot = Annotated[JoinRoot | QueryRoot, Field(discriminator="type")]
 
 
 class ExportRequest(_Node):
@@ -103,7 +103,7 @@ def format_alloy_datetime(moment: datetime) -> str:
     """UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, the only form Alloy's DateTime node accepts."""
     if moment.tzinfo is None:
         raise ValueError("watermark must be timezone-aware")
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
@@ -115,10 +115,6 @@ class AqsQuery(BaseModel):
     path: Path
     slug: str
     request: ExportRequest
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
 
 
 def load_query(path: Path) -> AqsQuery:
@@ -133,8 +129,7 @@ def load_query(path: Path) -> AqsQuery:
         raise AqsError(f"AQS file {path}: nested too deeply to read") from None
     except ValidationError as error:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}"
-            for item in error.errors()
+            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}" for item in error.errors()
         )
         raise AqsError(f"AQS file {path}: {problems}") from error
     slug = slugify(path.stem)
@@ -154,8 +149,7 @@ def load_queries(folder: Path) -> list[AqsQuery]:
     for query in queries:
         if query.slug in by_slug:
             raise AqsError(
-                f"AQS files {by_slug[query.slug].path} and {query.path} "
-                f"both give the slug '{query.slug}'; rename one"
+                f"AQS files {by_slug[query.slug].path} and {query.path} both give the slug '{query.slug}'; rename one"
             )
         by_slug[query.slug] = query
     return sorted(queries, key=lambda query: query.slug)

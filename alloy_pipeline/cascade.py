@@ -108,7 +108,9 @@ def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorD
             snapshots = lake.snapshot_manifests(query)
             stale = out_of_date(query, snapshots, lake.raw_manifests(query))
             reported = cursor.flagged.get(query, {})
-            flags += [_flag(query, day, changes) for day, changes in stale.items() if reported.get(day.isoformat()) != changes]
+            flags += [
+                _flag(query, day, changes) for day, changes in stale.items() if reported.get(day.isoformat()) != changes
+            ]
             cursor.flagged[query] = {day.isoformat(): changes for day, changes in stale.items()}
             if _cascade_active(context.instance, query):
                 continue

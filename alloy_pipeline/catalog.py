@@ -24,7 +24,8 @@ from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.glue_catalog import GlueResource, register_in_glue, registrations_in_glue
-from alloy_pipeline.lake import Day, TableOutput
+from alloy_pipeline.lake import TableOutput
+from alloy_pipeline.partitions import Day
 from alloy_pipeline.registration import Registration
 from alloy_pipeline.spark_catalog import register_in_session
 

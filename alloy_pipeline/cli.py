@@ -18,8 +18,8 @@ from pyspark.sql import SparkSession
 
 from alloy_pipeline import engine
 from alloy_pipeline.engine import EngineSettings
-from alloy_pipeline.lake import Day, Lake
-from alloy_pipeline.schedules import LONDON
+from alloy_pipeline.lake import Lake
+from alloy_pipeline.partitions import LONDON, Day
 from alloy_pipeline.spark import connected
 
 DEMO_API_KEY = "demo-key"
@@ -162,7 +162,7 @@ def demo(data: Path, days: int) -> int:
             f"SELECT '{name}' AS table_name, count(*) AS row_count FROM {name} WHERE snapshot_date = '{latest}'"
             for name in (catalog.table_name("refined", query, query) for query in queries)
         ]
-        print(f"\nThe latest snapshots, queried by table name (try it: make sql q=\"{counts[0]}\"):")
+        print(f'\nThe latest snapshots, queried by table name (try it: make sql q="{counts[0]}"):')
         catalog.sql(spark, " UNION ALL ".join(counts))
     print("Browse the runs, partitions, metadata and checks: `make dev`, then open http://127.0.0.1:3000")
     return 0 if identical else 1
@@ -200,7 +200,9 @@ def engine_command(action: str, settings: EngineSettings) -> int:
         return 0
     if action == "stop":
         stopped = engine.stop(settings)
-        print("Spark engine stopped" if stopped else f"no Spark engine was running from {settings.home}", file=sys.stderr)
+        print(
+            "Spark engine stopped" if stopped else f"no Spark engine was running from {settings.home}", file=sys.stderr
+        )
         return 0
     state = engine.status(settings)
     if state is None:
@@ -216,18 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     engine_parser = commands.add_parser("engine", help="start, stop or inspect the local Spark engine")
     engine_parser.add_argument("action", choices=["start", "stop", "status"])
-    engine_parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the engine's state and catalog")
+    engine_parser.add_argument(
+        "--data", type=Path, default=Path("data"), help="folder of the engine's state and catalog"
+    )
     engine_parser.add_argument("--port", type=int, default=engine.DEFAULT_PORT, help="loopback port of the server")
     engine_parser.add_argument("--memory", default="4g", help="heap of the engine's JVM, e.g. 8g")
     demo_parser = commands.add_parser("demo", help="run the pipeline for a few days against the local simulator")
-    demo_parser.add_argument("--data", type=Path, default=Path("data"), help="folder for the demo lake (its zones are wiped)")
+    demo_parser.add_argument(
+        "--data", type=Path, default=Path("data"), help="folder for the demo lake (its zones are wiped)"
+    )
     demo_parser.add_argument("--days", type=int, default=3, help="consecutive days to materialise")
     rebuild_parser = commands.add_parser("rebuild", help="rebuild snapshot partitions in date order")
     rebuild_parser.add_argument("--from", dest="first", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     rebuild_parser.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     sql_parser = commands.add_parser("sql", help="run Spark SQL against the configured catalog")
     sql_parser.add_argument("query", help='e.g. "SHOW TABLES IN alloy_refined"')
-    sql_parser.add_argument("--data", type=Path, default=Path("data"), help="folder of the engine (without SPARK_REMOTE)")
+    sql_parser.add_argument(
+        "--data", type=Path, default=Path("data"), help="folder of the engine (without SPARK_REMOTE)"
+    )
     args = parser.parse_args(argv)
     if args.command == "engine":
         settings = EngineSettings.under(args.data.resolve(), port=args.port, driver_memory=args.memory)

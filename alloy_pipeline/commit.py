@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
 
-from alloy_pipeline.lake import PENDING, STAGING, Day, Zone, new_version, version_time
+from alloy_pipeline.lake import PENDING, STAGING, Zone, new_version, version_time
+from alloy_pipeline.partitions import Day
 
 
 class ConcurrentCommitError(RuntimeError):
@@ -146,7 +147,7 @@ def recover(
     pending commit's own version, `register` first points the catalog at it. Returns one line
     per thing cleared, for the step's log.
     """
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     cleared: list[str] = []
     for name in zone.list_names(f"{PENDING}/{query}"):
         version = name.removesuffix(".json")

@@ -15,7 +15,8 @@ from alloy_pipeline.cascade import build_cascade_sensor
 from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.lake import ALLOY_PREFIX, Lake
 from alloy_pipeline.mapping import MappingFiles
-from alloy_pipeline.schedules import LONDON, build_schedules
+from alloy_pipeline.partitions import daily_partitions
+from alloy_pipeline.schedules import build_schedules
 from alloy_pipeline.spark import SparkResource
 
 DEFAULT_API_URL = "https://api.uk.alloyapp.io"
@@ -27,10 +28,6 @@ DEFAULT_SNAPSHOT_DAYS_PER_RUN = "31"
 def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
     """An `EnvVar` when the variable is set (so Dagster resolves it per run), else the default."""
     return dg.EnvVar(name) if name in os.environ else default
-
-
-def daily_partitions(start: str) -> dg.DailyPartitionsDefinition:
-    return dg.DailyPartitionsDefinition(start_date=start, timezone=LONDON)
 
 
 def build_query_definitions(
@@ -53,13 +50,11 @@ def build_executor(max_exports: int) -> dg.ExecutorDefinition:
     """
     if max_exports < 1:
         raise ValueError(f"ALLOY_MAX_CONCURRENT_EXPORTS must be at least 1, not {max_exports}")
-    return dg.multiprocess_executor.configured(
-        {"tag_concurrency_limits": [{"key": EXPORT_TAG, "limit": max_exports}]}
-    )
+    return dg.multiprocess_executor.configured({"tag_concurrency_limits": [{"key": EXPORT_TAG, "limit": max_exports}]})
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources from the environment (DESIGN.md "Interfaces"), each with a local default."""
+    """Resources from the environment (the README's "Configuration"), each with a local default."""
     raw_zone = os.environ.get("ALLOY_RAW_ZONE", "data/raw-zone")
     default_mappings = f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
     return {
@@ -98,7 +93,9 @@ def build_definitions() -> dg.Definitions:
         dg.Definitions(sensors=[build_cascade_sensor([query.slug for query in queries], enabled=cascade_enabled())]),
         dg.Definitions(
             resources=build_resources(),
-            executor=build_executor(int(os.environ.get("ALLOY_MAX_CONCURRENT_EXPORTS", DEFAULT_MAX_CONCURRENT_EXPORTS))),
+            executor=build_executor(
+                int(os.environ.get("ALLOY_MAX_CONCURRENT_EXPORTS", DEFAULT_MAX_CONCURRENT_EXPORTS))
+            ),
         ),
     )
 

@@ -81,18 +81,22 @@ class EngineSettings(BaseModel):
         """The local settings of `spark.py`, the Hive catalog on Derby, bound to loopback."""
         metastore, warehouse = self.metastore.resolve(), self.warehouse.resolve()
         conf = {name: value for name, value in LOCAL_SPARK_CONFIG.items() if name != "spark.master"}
-        return conf | {
-            "spark.app.name": "alloy-pipeline-engine",
-            "spark.driver.memory": self.driver_memory,
-            "spark.connect.grpc.binding.address": LOOPBACK,
-            "spark.connect.grpc.binding.port": str(self.port),
-            "spark.sql.catalogImplementation": "hive",
-            "spark.sql.warehouse.dir": str(warehouse),
-            "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={metastore};create=true",
-            "spark.driver.extraJavaOptions": (
-                f"-Dderby.system.home={metastore.parent} -Dderby.stream.error.file={self.home.resolve() / 'derby.log'}"
-            ),
-        } | self.extra_conf
+        return (
+            conf
+            | {
+                "spark.app.name": "alloy-pipeline-engine",
+                "spark.driver.memory": self.driver_memory,
+                "spark.connect.grpc.binding.address": LOOPBACK,
+                "spark.connect.grpc.binding.port": str(self.port),
+                "spark.sql.catalogImplementation": "hive",
+                "spark.sql.warehouse.dir": str(warehouse),
+                "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={metastore};create=true",
+                "spark.driver.extraJavaOptions": (
+                    f"-Dderby.system.home={metastore.parent} -Dderby.stream.error.file={self.home.resolve() / 'derby.log'}"
+                ),
+            }
+            | self.extra_conf
+        )
 
 
 class EngineState(BaseModel):
@@ -274,4 +278,3 @@ def running(settings: EngineSettings) -> Iterator[EngineState]:
     finally:
         if started:
             stop(settings)
-

@@ -48,11 +48,6 @@ def conform_csv(frame: DataFrame, columns: list[str], stamp: dict[str, str | dat
     )
 
 
-def union_columns(left: DataFrame, right: DataFrame) -> DataFrame:
-    """Rows of both, columns unioned by name; a column one side lacks is null there."""
-    return left.unionByName(right, allowMissingColumns=True)
-
-
 def drop_root_items(current: DataFrame, changed: DataFrame, key: str) -> DataFrame:
     """Rows of `current` whose `key` is not among `changed`'s `item_id`s, columns in place."""
     changed_keys = F.broadcast(changed.select(F.col("item_id").alias("_changed_root")).distinct())
@@ -64,8 +59,9 @@ def upsert_root_items(current: DataFrame, increment: DataFrame, changed: DataFra
 
     `key` is the column that names a row's root item: `item_id` in the main table,
     `primary_item` in a joined table, so an item whose link was cleared loses its joined rows.
+    Columns are unioned by name; a column one side lacks is null there.
     """
-    return union_columns(drop_root_items(current, changed, key), increment)
+    return drop_root_items(current, changed, key).unionByName(increment, allowMissingColumns=True)
 
 
 def rename_columns(frame: DataFrame, renames: dict[str, str]) -> DataFrame:

@@ -83,7 +83,9 @@ def register_in_glue(client: Any, registration: Registration) -> None:
     else:
         existing = current["StorageDescriptor"]["Columns"]
         known = {column["Name"].lower() for column in existing}
-        added = [column for column in table_input["StorageDescriptor"]["Columns"] if column["Name"].lower() not in known]
+        added = [
+            column for column in table_input["StorageDescriptor"]["Columns"] if column["Name"].lower() not in known
+        ]
         if added:
             table_input["StorageDescriptor"]["Columns"] = existing + added
             client.update_table(DatabaseName=registration.database, TableInput=table_input)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from alloy_pipeline.columns import RenamedHeader
 from alloy_pipeline.lineage import Lineage
+from alloy_pipeline.partitions import Day
 
 ALLOY_PREFIX = "env-services/alloy"
 RAW_DOWNLOADS = f"{ALLOY_PREFIX}/alloy_api_downloads"
@@ -44,7 +45,7 @@ class ManifestError(RuntimeError):
 
 def new_version() -> str:
     """A fresh version folder name: its UTC time first, so listings sort by age, then a random id."""
-    return f"{VERSION_PREFIX}{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:12]}"
+    return f"{VERSION_PREFIX}{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:12]}"
 
 
 def version_time(version: str) -> dt.datetime | None:
@@ -53,44 +54,10 @@ def version_time(version: str) -> dt.datetime | None:
         return None
     try:
         return dt.datetime.strptime(version[len(VERSION_PREFIX) :].split("_", 1)[0], "%Y%m%dT%H%M%SZ").replace(
-            tzinfo=dt.timezone.utc
+            tzinfo=dt.UTC
         )
     except ValueError:
         return None
-
-
-@dataclass(frozen=True)
-class Day:
-    """A daily partition and the Hive-style path segments the lake layout uses for it."""
-
-    date: dt.date
-
-    @classmethod
-    def from_key(cls, partition_key: str) -> Day:
-        try:
-            return cls(dt.date.fromisoformat(partition_key))
-        except ValueError as error:
-            raise ValueError(f"partition key {partition_key!r} is not a YYYY-MM-DD day") from error
-
-    @property
-    def key(self) -> str:
-        return self.date.isoformat()
-
-    @property
-    def compact(self) -> str:
-        return self.date.strftime("%Y%m%d")
-
-    def fields(self, prefix: str) -> dict[str, str]:
-        """`{prefix}_year`, `_month`, `_day`, `_date` as the strings stored in the lake."""
-        return {
-            f"{prefix}_year": f"{self.date.year:04d}",
-            f"{prefix}_month": f"{self.date.month:02d}",
-            f"{prefix}_day": f"{self.date.day:02d}",
-            f"{prefix}_date": self.compact,
-        }
-
-    def segments(self, prefix: str) -> str:
-        return "/".join(f"{name}={value}" for name, value in self.fields(prefix).items())
 
 
 @dataclass(frozen=True)
@@ -206,7 +173,9 @@ class Zone:
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.move(self.path_of(source), target_path)
         else:
-            pafs.copy_files(self.path_of(source), target_path, source_filesystem=self.fs, destination_filesystem=self.fs)
+            pafs.copy_files(
+                self.path_of(source), target_path, source_filesystem=self.fs, destination_filesystem=self.fs
+            )
             self.delete(source)
 
     def list_names(self, relative: str) -> list[str]:
@@ -279,7 +248,7 @@ class SnapshotManifest(BaseModel):
 
 
 class Lake(dg.ConfigurableResource):
-    """The raw and refined zones, laid out as in DESIGN.md, with manifest-based visibility."""
+    """The raw and refined zones, laid out as in the README's "Lake layout", with manifest-based visibility."""
 
     raw_zone: str = Field(
         default="data/raw-zone", description="Root of the raw zone: a path, file://… or s3a://bucket/prefix."
@@ -357,9 +326,7 @@ class Lake(dg.ConfigurableResource):
 Manifest = TypeVar("Manifest", RawManifest, SnapshotManifest)
 
 
-def read_manifests(
-    zone: Zone, folder: str, model: type[Manifest], replacing: Collection[Day] = ()
-) -> list[Manifest]:
+def read_manifests(zone: Zone, folder: str, model: type[Manifest], replacing: Collection[Day] = ()) -> list[Manifest]:
     """The manifests in `folder`, oldest first: only files named `YYYYMMDD.json` count.
 
     A manifest that cannot be read stops the query with its path, because every later partition

@@ -1,4 +1,4 @@
-"""Names that users and scripts rely on: query and table slugs, asset keys (DESIGN.md "Names")."""
+"""Names that users and scripts rely on: query and table slugs, asset keys (README, "Adding a query")."""
 
 from __future__ import annotations
 

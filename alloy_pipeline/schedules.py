@@ -8,8 +8,8 @@ import warnings
 import dagster as dg
 
 from alloy_pipeline.naming import raw_key
+from alloy_pipeline.partitions import LONDON
 
-LONDON = "Europe/London"
 ALLOY_ASSETS = dg.AssetSelection.groups("alloy_raw", "alloy_snapshot")
 
 # Raw assets take one day per run and snapshots take ranges in backfills, as intended; Dagster
@@ -37,14 +37,14 @@ def build_schedules(queries: list[str], partitions: dg.DailyPartitionsDefinition
     The full refresh re-exports every item, so items deleted in Alloy leave the snapshot within
     a week; running both on Sunday would only write the same partition twice.
     """
-    daily = dg.define_asset_job(
-        "alloy_daily", selection=ALLOY_ASSETS, description="Raw extracts, then snapshots."
-    )
+    daily = dg.define_asset_job("alloy_daily", selection=ALLOY_ASSETS, description="Raw extracts, then snapshots.")
     weekly = dg.define_asset_job(
         "alloy_weekly_full_refresh",
         selection=ALLOY_ASSETS,
         description="Full raw extracts (full_refresh), then snapshots: drops items deleted upstream.",
-        config={"ops": {raw_key(query).to_python_identifier(): {"config": {"full_refresh": True}} for query in queries}},
+        config={
+            "ops": {raw_key(query).to_python_identifier(): {"config": {"full_refresh": True}} for query in queries}
+        },
     )
     return dg.Definitions(
         jobs=[daily, weekly],

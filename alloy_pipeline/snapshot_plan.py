@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from alloy_pipeline.lake import Day, RawManifest, SnapshotManifest
+from alloy_pipeline.lake import RawManifest, SnapshotManifest
 from alloy_pipeline.lineage import Lineage, PartitionVersion, differences
-
+from alloy_pipeline.partitions import Day
 
 CURRENT_INPUTS_CHECK = "built_on_current_inputs"
 
@@ -34,9 +34,7 @@ class SnapshotPlan:
         )
 
 
-def plan_snapshot(
-    query: str, day: Day, snapshots: list[SnapshotManifest], raws: list[RawManifest]
-) -> SnapshotPlan:
+def plan_snapshot(query: str, day: Day, snapshots: list[SnapshotManifest], raws: list[RawManifest]) -> SnapshotPlan:
     """Start from the latest snapshot before D; apply raw partitions after it up to D.
 
     A full extract among them makes everything before it irrelevant, deletions included.

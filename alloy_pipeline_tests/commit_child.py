@@ -16,9 +16,10 @@ import dagster as dg
 from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.aqs import load_queries
 from alloy_pipeline.catalog import Catalog
-from alloy_pipeline.definitions import build_query_definitions, daily_partitions
+from alloy_pipeline.definitions import build_query_definitions
 from alloy_pipeline.lake import Lake, Zone
 from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource
 
 

@@ -13,10 +13,11 @@ from alloy_pipeline.alloy.client import AlloyApi
 from alloy_pipeline.alloy.simulator import AlloySimulator
 from alloy_pipeline.aqs import load_queries
 from alloy_pipeline.catalog import Catalog
-from alloy_pipeline.definitions import build_query_definitions, daily_partitions
+from alloy_pipeline.definitions import build_query_definitions
 from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.naming import raw_key
+from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +104,12 @@ class Pipeline:
     ) -> dg.ExecuteInProcessResult:
         assets = self.assets()
         run_config = (
-            {"ops": {raw_key(query.slug).to_python_identifier(): {"config": {"full_refresh": True}}
-                     for query in load_queries(self.aqs_dir)}}
+            {
+                "ops": {
+                    raw_key(query.slug).to_python_identifier(): {"config": {"full_refresh": True}}
+                    for query in load_queries(self.aqs_dir)
+                }
+            }
             if full_refresh
             else None
         )
@@ -161,7 +166,9 @@ class Pipeline:
 def rows_of(frame: DataFrame, drop: tuple[str, ...] = ()) -> list[tuple]:
     """The frame's rows as sorted tuples of strings, for exact comparisons."""
     kept = [column for column in frame.columns if column not in drop]
-    return sorted(tuple("<null>" if value is None else str(value) for value in row) for row in frame.select(*kept).collect())
+    return sorted(
+        tuple("<null>" if value is None else str(value) for value in row) for row in frame.select(*kept).collect()
+    )
 
 
 def failure_text(result: dg.ExecuteInProcessResult, step_key_part: str = "") -> str:

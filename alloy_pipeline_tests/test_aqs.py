@@ -1,5 +1,5 @@
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ JOIN_REQUEST = {
     "parameterValues": [],
 }
 
-WATERMARK = datetime(2024, 3, 31, 23, 5, 7, 123456, tzinfo=timezone.utc)
+WATERMARK = datetime(2024, 3, 31, 23, 5, 7, 123456, tzinfo=UTC)
 
 
 def write(folder: Path, name: str, body: object) -> Path:

@@ -80,7 +80,10 @@ def glue_catalog(**settings: object) -> Catalog:
     """A Glue catalog with databases of this test's own: moto's server outlives one test."""
     suffix = uuid.uuid4().hex[:8]
     return Catalog(
-        backend="glue", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}", glue=GlueResource(**settings)
+        backend="glue",
+        raw_database=f"raw_{suffix}",
+        refined_database=f"refined_{suffix}",
+        glue=GlueResource(**settings),
     )
 
 
@@ -93,7 +96,10 @@ def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark, capsys: pytest.Ca
     for database, keys in ((catalog.raw_database, "import"), (catalog.refined_database, "snapshot")):
         table = glue.get_table(DatabaseName=database, Name=f"{QUERY}_{QUERY}")["Table"]
         assert [key["Name"] for key in table["PartitionKeys"]] == [
-            f"{keys}_year", f"{keys}_month", f"{keys}_day", f"{keys}_date"
+            f"{keys}_year",
+            f"{keys}_month",
+            f"{keys}_day",
+            f"{keys}_date",
         ]
         assert table["StorageDescriptor"]["SerdeInfo"]["SerializationLibrary"].endswith("ParquetHiveSerDe")
         columns = [column["Name"] for column in table["StorageDescriptor"]["Columns"]]
@@ -116,7 +122,9 @@ def test_glue_catalog_on_moto(jobs: Pipeline, aws: str, spark, capsys: pytest.Ca
     )
 
     capsys.readouterr()
-    catalog.sql(spark, f"SELECT count(*) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'")
+    catalog.sql(
+        spark, f"SELECT count(*) AS n FROM {catalog.refined_database}.{QUERY}_{QUERY} WHERE snapshot_date = '20240302'"
+    )
     printed = capsys.readouterr().out
     assert f"|{jobs.snapshot_manifest(QUERY, DAYS[1]).tables[QUERY].rows}" in printed.replace(" ", ""), printed
 

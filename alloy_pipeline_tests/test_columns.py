@@ -37,7 +37,15 @@ def test_clean_name(header: str, cleaned: str) -> None:
 def test_duplicate_headers_take_their_column_index_like_spark() -> None:
     headers = ["Item ID", "Title", "Notes", "Status", "Depth (mm)", "Inspector", "Notes", "", "Title"]
     assert clean_headers(headers) == [
-        "item_id", "title1", "notes2", "status", "depth_mm", "inspector", "notes6", "_c7", "title8",
+        "item_id",
+        "title1",
+        "notes2",
+        "status",
+        "depth_mm",
+        "inspector",
+        "notes6",
+        "_c7",
+        "title8",
     ]
 
 
@@ -55,7 +63,12 @@ def test_a_repeated_name_is_kept_by_its_own_header_else_by_the_leftmost() -> Non
     assert clean_headers(["Item ID", "a_b2", "A b", "a-b"]) == ["item_id", "a_b2", "a_b2_2", "a_b3"]
     fillers = [f"f{index}" for index in range(3, 11)]
     assert clean_headers(["Item ID", "a1", "a1?", *fillers, "a", "a?"]) == [
-        "item_id", "a11", "a12", *fillers, "a11_2", "a12_2",
+        "item_id",
+        "a11",
+        "a12",
+        *fillers,
+        "a11_2",
+        "a12_2",
     ]
 
 
@@ -82,23 +95,27 @@ def test_an_attribute_cannot_take_the_name_of_a_column_the_pipeline_adds(header:
 
 def test_the_suffix_for_a_reserved_name_avoids_a_taken_name() -> None:
     assert clean_headers(["Item ID", "Import Date", "Import Date Alloy"]) == [
-        "item_id", "import_date_alloy_2", "import_date_alloy",
+        "item_id",
+        "import_date_alloy_2",
+        "import_date_alloy",
     ]
 
 
 def test_the_key_keeps_item_id_when_an_attribute_repeats_its_header() -> None:
     names = name_columns(["Item ID", "Title", "Item ID"])
     assert names.columns == ("item_id", "title", "item_id2")
-    assert names.renamed == (RenamedHeader(index=0, header="Item ID", established="item_id0", name="item_id", rule="key"),)
+    assert names.renamed == (
+        RenamedHeader(index=0, header="Item ID", established="item_id0", name="item_id", rule="key"),
+    )
     assert clean_headers(["\ufeffItem ID", "item id", "ITEM-ID"]) == ["item_id", "item_id1", "item_id_alloy"]
 
 
 def test_the_reserved_names_cover_every_column_the_pipeline_adds() -> None:
     from alloy_pipeline.assets.raw import import_stamp
-    from alloy_pipeline.lake import Day
+    from alloy_pipeline.partitions import Day
 
     day = Day(dt.date(2024, 3, 1))
-    added = {*import_stamp(day, dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)), *day.fields("snapshot")}
+    added = {*import_stamp(day, dt.datetime(2024, 3, 1, tzinfo=dt.UTC)), *day.fields("snapshot")}
     assert added | {"item_id"} == RESERVED_COLUMNS
     assert set(day.fields("snapshot")) == set(SNAPSHOT_COLUMNS)
 

@@ -28,7 +28,8 @@ import pytest
 from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.commit import ConcurrentCommitError
-from alloy_pipeline.lake import PENDING, STAGING, Day, Lake, RawManifest, TableOutput, Zone
+from alloy_pipeline.lake import PENDING, STAGING, Lake, RawManifest, TableOutput, Zone
+from alloy_pipeline.partitions import Day
 from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
 
 QUERY = "dw_container_job"
@@ -111,11 +112,19 @@ def publish_version(pub: Publisher, label: str) -> RawManifest:
         zone.write_text(f"{commit.staging}/parquet/{table}/part-0.parquet", f"{table} {label}")
     zone.write_text(f"{commit.staging}/csv/Jobs.csv", f"csv {label}")
     manifest = RawManifest(
-        query=QUERY, day=DAY.date, version=commit.version, kind="full", watermark=None,
-        requested_at=dt.datetime(2024, 3, 2, tzinfo=dt.timezone.utc), task_id=label, run_id=label, main_table="jobs",
+        query=QUERY,
+        day=DAY.date,
+        version=commit.version,
+        kind="full",
+        watermark=None,
+        requested_at=dt.datetime(2024, 3, 2, tzinfo=dt.UTC),
+        task_id=label,
+        run_id=label,
+        main_table="jobs",
         tables={
             table: TableOutput(
-                path=zone.uri_of(lake.raw_table_dir(QUERY, table, DAY, commit.version)), rows=1,
+                path=zone.uri_of(lake.raw_table_dir(QUERY, table, DAY, commit.version)),
+                rows=1,
                 column_types=(("item_id", "string"),),
             )
             for table in TABLES
@@ -272,8 +281,15 @@ def test_a_snapshot_run_killed_mid_commit_keeps_the_day(jobs: Pipeline, tmp_path
     catalog = jobs.session_catalog()
     child = subprocess.Popen(
         [
-            sys.executable, "-m", "alloy_pipeline_tests.commit_child", str(jobs.root), jobs.remote,
-            catalog.raw_database, catalog.refined_database, DAY.key, str(marker),
+            sys.executable,
+            "-m",
+            "alloy_pipeline_tests.commit_child",
+            str(jobs.root),
+            jobs.remote,
+            catalog.raw_database,
+            catalog.refined_database,
+            DAY.key,
+            str(marker),
         ],
         cwd=REPO,
         env=os.environ | {"PYTHONPATH": str(REPO)},

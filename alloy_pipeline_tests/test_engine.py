@@ -31,8 +31,15 @@ def materialize_in_subprocess(day: str, environment: dict[str, str], select: str
     """`dagster asset materialize`, as a user runs it; returns its output."""
     completed = subprocess.run(
         [
-            str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
-            "-m", "alloy_pipeline.definitions", "--select", select, "--partition", day,
+            str(Path(sys.executable).parent / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "alloy_pipeline.definitions",
+            "--select",
+            select,
+            "--partition",
+            day,
         ],
         env=environment,
         capture_output=True,
@@ -141,10 +148,10 @@ def test_import_timestamp_is_utc_whatever_the_time_zones(
         time.tzset()
     manifest = pipeline.raw_manifest(QUERY, "2024-07-01")
     assert manifest is not None
-    requested = manifest.requested_at.astimezone(dt.timezone.utc)
+    requested = manifest.requested_at.astimezone(dt.UTC)
     table = pq.read_table(manifest.tables[QUERY].path, columns=["import_timestamp", "import_datetime"]).to_pylist()
     assert {row["import_datetime"] for row in table} == {requested.strftime("%Y-%m-%d %H:%M:%S")}
-    assert {row["import_timestamp"].replace(tzinfo=dt.timezone.utc) for row in table} == {requested}
+    assert {row["import_timestamp"].replace(tzinfo=dt.UTC) for row in table} == {requested}
 
 
 def test_start_reuses_the_running_engine(engine: EngineSettings) -> None:

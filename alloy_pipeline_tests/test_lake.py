@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from alloy_pipeline.lake import Day, Lake, ManifestError, RawManifest, Zone
+from alloy_pipeline.lake import Lake, ManifestError, RawManifest, Zone
+from alloy_pipeline.partitions import Day
 
 
 def test_day_segments_follow_the_hive_layout() -> None:
@@ -55,9 +56,16 @@ def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) ->
     lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
     day = Day.from_key("2024-03-01")
     manifest = RawManifest(
-        query="jobs", day=day.date, version="v_20240302T030000Z_a", kind="full", watermark=None,
-        requested_at=dt.datetime(2024, 3, 2, 3, tzinfo=dt.timezone.utc), task_id="t", run_id="r",
-        main_table="jobs", tables={},
+        query="jobs",
+        day=day.date,
+        version="v_20240302T030000Z_a",
+        kind="full",
+        watermark=None,
+        requested_at=dt.datetime(2024, 3, 2, 3, tzinfo=dt.UTC),
+        task_id="t",
+        run_id="r",
+        main_table="jobs",
+        tables={},
     )
     folder = lake.raw_manifest_path("jobs", day).rsplit("/", 1)[0]
     lake.raw.write_text(lake.raw_manifest_path("jobs", day), manifest.model_dump_json())

@@ -47,8 +47,7 @@ def test_full_then_incremental_keeping_the_query_filter(pipeline: Pipeline) -> N
     assert combined["children"][0] == full_body["aqs"]["children"][0], "the query's own filter is kept"
     assert combined["children"][1]["type"] == "GreaterThan"
     assert combined["children"][1]["children"][1]["properties"]["value"] == [
-        day2.watermark.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
-        + f"{day2.watermark.microsecond // 1000:03d}Z"
+        day2.watermark.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{day2.watermark.microsecond // 1000:03d}Z"
     ]
     changed = pipeline.raw_table("graffiti_reports", "graffiti_reports", "2024-03-02")
     assert sorted(row.item_id for row in changed.select("item_id").collect()) == edited
@@ -91,7 +90,15 @@ def test_csv_landed_as_received_and_parquet_matches_it(engine, spark, instance, 
 
     gully = pipeline.raw_table("gully_inspections", "gully_inspections", "2024-03-01")
     assert gully.columns[:9] == [
-        "item_id", "title", "inspection_date", "street", "condition", "depth_mm", "cleansed", "notes7", "notes8",
+        "item_id",
+        "title",
+        "inspection_date",
+        "street",
+        "condition",
+        "depth_mm",
+        "cleansed",
+        "notes7",
+        "notes8",
     ]
     assert all(dtype == "string" for name, dtype in gully.dtypes if name != "import_timestamp")
 
@@ -104,7 +111,9 @@ def test_rematerialising_a_day_replaces_it_with_identical_data(pipeline: Pipelin
     pipeline.run("2024-03-01", group="alloy_raw")
     again = pipeline.raw_manifest("dw_container_job", "2024-03-01")
     assert again.task_id != first_task and again.kind == "full"
-    assert rows_of(pipeline.raw_table("dw_container_job", "waste_container_1", "2024-03-01"), RUN_TIME_COLUMNS) == before
+    assert (
+        rows_of(pipeline.raw_table("dw_container_job", "waste_container_1", "2024-03-01"), RUN_TIME_COLUMNS) == before
+    )
     table_root = pipeline.root / "raw-zone/env-services/alloy/parquet_files/dw_container_job/waste_container_1"
     assert [path.relative_to(table_root).as_posix() for path in table_root.glob("*/*/*/*/*")] == [
         f"import_year=2024/import_month=03/import_day=01/import_date=20240301/{again.version}"
@@ -134,9 +143,10 @@ def test_failed_task_leaves_no_partition_and_keeps_the_previous_version(pipeline
 
     assert not pipeline.run("2024-03-01", group="alloy_raw", raise_on_error=False).success
     assert pipeline.raw_manifest("gully_inspections", "2024-03-01") == kept
-    assert pipeline.raw_table("gully_inspections", "gully_inspections", "2024-03-01").count() == kept.tables[
-        "gully_inspections"
-    ].rows
+    assert (
+        pipeline.raw_table("gully_inspections", "gully_inspections", "2024-03-01").count()
+        == kept.tables["gully_inspections"].rows
+    )
 
 
 def test_full_refresh_config_forces_a_full_extract(pipeline: Pipeline) -> None:

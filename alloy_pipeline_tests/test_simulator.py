@@ -122,9 +122,7 @@ def main_rows(archive: zipfile.ZipFile) -> list[list[str]]:
     [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": API_KEY}],
     ids=["none", "wrong", "not-bearer"],
 )
-def test_every_endpoint_wants_the_bearer_key(
-    sim: AlloySimulator, method: str, path: str, auth: dict[str, str]
-) -> None:
+def test_every_endpoint_wants_the_bearer_key(sim: AlloySimulator, method: str, path: str, auth: dict[str, str]) -> None:
     response = httpx.request(method, f"{sim.url}{path}?token={API_KEY}", headers=auth, json={})
     assert response.status_code == 401
     assert set(response.json()) == {"errorCode", "message"}
@@ -132,9 +130,7 @@ def test_every_endpoint_wants_the_bearer_key(
     assert sim.requests[-1].query == f"token={API_KEY}"  # recorded, so tests can catch keys in URLs
 
 
-def test_requests_are_recorded_and_carry_rate_limit_headers(
-    sim: AlloySimulator, client: httpx.Client
-) -> None:
+def test_requests_are_recorded_and_carry_rate_limit_headers(sim: AlloySimulator, client: httpx.Client) -> None:
     body = example("DW Container Job")
     task_id = start(client, body)
     response = client.get(f"/api/task/{task_id}")
@@ -211,9 +207,7 @@ def test_join_export_has_alloy_zip_layout_and_name_headers(sim: AlloySimulator, 
         "Predecessor Item",
         "Primary Item",
     ]
-    expected = [
-        (linked, job) for job in dataset.ids(JOBS) for linked in dataset.linked_ids(job, CONTAINER_LINK)
-    ]
+    expected = [(linked, job) for job in dataset.ids(JOBS) for linked in dataset.linked_ids(job, CONTAINER_LINK)]
     assert [(row[0], row[6]) for row in joined] == expected
     assert any(len(dataset.linked_ids(job, CONTAINER_LINK)) > 1 for job in dataset.ids(JOBS))
     assert any(not dataset.linked_ids(job, CONTAINER_LINK) for job in dataset.ids(JOBS))
@@ -305,9 +299,7 @@ def export_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("alloy-export-")]
 
 
-def test_post_answers_at_once_and_the_build_reports_progress(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_post_answers_at_once_and_the_build_reports_progress(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the simulator keeps its zips
     bench = AlloySimulator(dataset=synthetic_dataset(50_000), api_key=API_KEY).start()
     try:
@@ -356,9 +348,7 @@ def test_an_export_holds_the_data_as_it_was_when_requested() -> None:
 # --- filters and validation -------------------------------------------------------------------
 
 
-def test_greater_than_last_edit_date_returns_only_edited_items(
-    sim: AlloySimulator, client: httpx.Client
-) -> None:
+def test_greater_than_last_edit_date_returns_only_edited_items(sim: AlloySimulator, client: httpx.Client) -> None:
     body = example("DW Container Job")
     assert len(main_rows(export(client, with_filter(body, SINCE_2024)))) == 1
     edited = sim.dataset.edit(JOBS, 3)
@@ -367,9 +357,7 @@ def test_greater_than_last_edit_date_returns_only_edited_items(
     assert all(sim.dataset.item(i).last_edit_date.year >= 2024 for i in edited)
 
 
-def test_and_keeps_the_query_filter_alongside_the_watermark(
-    sim: AlloySimulator, client: httpx.Client
-) -> None:
+def test_and_keeps_the_query_filter_alongside_the_watermark(sim: AlloySimulator, client: httpx.Client) -> None:
     body = example("Graffiti Reports")
     reopened, closed = sim.dataset.ids("designs_graffitiReport")[:2]
     sim.dataset.set_value(reopened, "attributes_graffitiStatus", "Open")
@@ -413,9 +401,7 @@ CONTAINER_TITLE = "designs_wasteContainer.attributes_itemsTitle"
         pytest.param("aqs.children", [{"type": "And", "children": []}], id="empty-and"),
         pytest.param("aqs.children", [_since("2024-01-01")], id="date-without-time"),
         pytest.param("aqs.children", [_since("2024-13-01T00:00:00.000Z")], id="impossible-date"),
-        pytest.param(
-            "aqs.children", [{"type": "Equals", "children": SINCE_2024["children"]}], id="equals-on-a-date"
-        ),
+        pytest.param("aqs.children", [{"type": "Equals", "children": SINCE_2024["children"]}], id="equals-on-a-date"),
     ],
 )
 def test_bad_requests_are_400(client: httpx.Client, path: str, value: Any) -> None:
@@ -475,9 +461,7 @@ def test_disconnect_closes_without_a_response(sim: AlloySimulator, client: httpx
 
 
 @pytest.mark.parametrize(("kind", "status"), [("failed_task", "Failed"), ("deleted_task", "Deleted")])
-def test_task_fault_ends_the_next_task(
-    sim: AlloySimulator, client: httpx.Client, kind: str, status: str
-) -> None:
+def test_task_fault_ends_the_next_task(sim: AlloySimulator, client: httpx.Client, kind: str, status: str) -> None:
     sim.inject(Fault(kind, message="Export timed out"))  # type: ignore[arg-type]
     task_id = start(client, example("Gully Inspections"))
     task = finish(client, task_id)
@@ -646,8 +630,7 @@ def test_simulate_day_is_deterministic_and_seen_by_an_incremental_export(
     jobs = set(sim.dataset.ids(JOBS))
     touched = (set(changes.edited) | set(changes.inserted) | set(changes.unlinked)) & jobs
     exported = {
-        record[0]
-        for record in main_rows(export(client, with_filter(example("DW Container Job"), SINCE_2024)))[1:]
+        record[0] for record in main_rows(export(client, with_filter(example("DW Container Job"), SINCE_2024)))[1:]
     }
     assert exported == touched
     assert not exported & set(changes.deleted)

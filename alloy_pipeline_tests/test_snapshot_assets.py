@@ -20,7 +20,13 @@ DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
 @pytest.fixture
 def jobs(simulator, engine, spark, instance, tmp_path: Path, bucket: str) -> Pipeline:
     return Pipeline.create(
-        simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"], mapping_location=f"s3://{bucket}/mapping-files/"
+        simulator,
+        engine.url,
+        spark,
+        instance,
+        tmp_path,
+        ["DW Container Job"],
+        mapping_location=f"s3://{bucket}/mapping-files/",
     )
 
 
@@ -82,7 +88,10 @@ def test_full_day_then_edits_inserts_and_link_changes(jobs: Pipeline) -> None:
     assert metadata["dagster/row_count"] == dataset.count(JOBS)
     assert metadata["raw_partitions"] == [DAYS[1]] and metadata["base_snapshot"] == DAYS[0]
     assert [column.name for column in metadata["dagster/column_schema"].columns][-4:] == [
-        "snapshot_year", "snapshot_month", "snapshot_day", "snapshot_date",
+        "snapshot_year",
+        "snapshot_month",
+        "snapshot_day",
+        "snapshot_date",
     ]
     assert all(checks(second).values())
 

@@ -65,11 +65,12 @@ from alloy_pipeline.alloy.simulator import (
 )
 from alloy_pipeline.aqs import load_queries, load_query
 from alloy_pipeline.catalog import Catalog
-from alloy_pipeline.definitions import build_query_definitions, daily_partitions
+from alloy_pipeline.definitions import build_query_definitions
 from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import Lake, SnapshotManifest
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.naming import raw_key
+from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource, connect_session, connected
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,7 +395,11 @@ def _materialize_as_a_user(day: str, environment: dict[str, str]) -> tuple[float
     launched = time.time()
     completed = subprocess.run(
         [*command, "--select", "*", "--partition", day],
-        env=environment, cwd=REPO, capture_output=True, text=True, check=False,
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     exited = time.time()
     if completed.returncode != 0:
@@ -515,7 +520,11 @@ def measure_demo(root: Path) -> DemoRun:
     started = time.perf_counter()
     demo = subprocess.Popen(
         [str(BIN / "alloy-pipeline"), "demo", "--data", str(root)],
-        env=environment, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=environment,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     output = []
     assert demo.stdout is not None
@@ -538,7 +547,8 @@ def _demo_table(demo: DemoRun) -> str:
         [
             "| `alloy-pipeline demo` (s) | " + " | ".join(f"{name} (s)" for name in phases) + " | rebuild identical |",
             "|---:|" + "---:|" * len(phases) + "---|",
-            f"| {demo.wall:.1f} | " + " | ".join(f"{value:.1f}" for value in phases.values())
+            f"| {demo.wall:.1f} | "
+            + " | ".join(f"{value:.1f}" for value in phases.values())
             + f" | {'yes' if demo.identical else 'NO'} |",
         ]
     )
@@ -761,8 +771,18 @@ class Step:
 def _run_phase(phase: str, day: str, alloy_url: str, remote: str, workspace: Workspace, baseline: bool = False) -> Step:
     """A step in a child process of its own, so the peak RSS reported is that client's alone."""
     command = [
-        sys.executable, __file__, "--phase", phase, "--day", day, "--url", alloy_url, "--remote", remote,
-        "--workspace", str(workspace.root),
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--day",
+        day,
+        "--url",
+        alloy_url,
+        "--remote",
+        remote,
+        "--workspace",
+        str(workspace.root),
     ] + (["--baseline"] if baseline else [])
     errors = workspace.root / f"{phase}-{day}.stderr"
     with errors.open("w") as stderr:
@@ -799,6 +819,7 @@ def measure_size(bench: BenchEngine, root: Path, n_items: int) -> SizeRun:
     """Day 1 and day 2 of the synthetic query at `n_items`, each step a child process."""
     workspace = Workspace.create(root)
     with AlloySimulator(dataset=synthetic_dataset(n_items), api_key=API_KEY) as simulator:
+
         def phase(name: str, day: str, baseline: bool = False) -> Step:
             return _run_phase(name, day, simulator.url, bench.url, workspace, baseline)
 
@@ -927,10 +948,7 @@ def main() -> None:
         _phase(args)
         return
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    text = (
-        f"\n## Run of {dt.date.today().isoformat()}, one Spark engine ({machine})\n\n"
-        f"`{_command_line(args)}`\n"
-    )
+    text = f"\n## Run of {dt.date.today().isoformat()}, one Spark engine ({machine})\n\n`{_command_line(args)}`\n"
     with ExitStack() as stack:
         folder = args.folder or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="alloy-bench-")))
         for title, table in _measure(args, folder):

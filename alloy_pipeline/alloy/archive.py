@@ -50,8 +50,7 @@ def _check_members(members: list[zipfile.ZipInfo], *, max_members: int, max_rati
             raise ArchiveError(f"archive member {info.filename!r} is encrypted")
         if info.compress_type not in _METHODS:
             raise ArchiveError(
-                f"archive member {info.filename!r} uses compression method {info.compress_type}, "
-                "not stored or deflate"
+                f"archive member {info.filename!r} uses compression method {info.compress_type}, not stored or deflate"
             )
         if path in seen or path in folders:
             raise ArchiveError(f"archive member {info.filename!r} clashes with another file or folder of that name")

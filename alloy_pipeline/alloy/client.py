@@ -18,7 +18,7 @@ import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -143,9 +143,7 @@ def _decode(model: type[_M], response: httpx.Response, where: str) -> _M:
             for item in error.errors(include_url=False, include_input=False)
         )
     content_type = response.headers.get("Content-Type", "no content type")[:100]
-    raise AlloyReplyError(
-        f"Alloy {where}: unexpected reply (HTTP {response.status_code}, {content_type}): {problems}"
-    )
+    raise AlloyReplyError(f"Alloy {where}: unexpected reply (HTTP {response.status_code}, {content_type}): {problems}")
 
 
 @dataclass(frozen=True)
@@ -321,7 +319,7 @@ class AlloyClient:
 
     def export(self, request: ExportRequest, workdir: Path, *, max_archive_bytes: int) -> Export:
         """Run one export end to end and extract its CSVs under `workdir`."""
-        requested_at = datetime.now(timezone.utc)
+        requested_at = datetime.now(UTC)
         task_id = self.start_export(request)
         self._logger.info("Alloy export started: task %s for %s", task_id, request.file_name)
         waiting = time.monotonic()
@@ -367,7 +365,7 @@ class AlloyApi(dg.ConfigurableResource):
     api_key: str | None = Field(
         default=None,
         description=(
-            "Alloy API key, sent only as a Bearer token. Set it as dg.EnvVar(\"ALLOY_API_KEY\"), never "
+            'Alloy API key, sent only as a Bearer token. Set it as dg.EnvVar("ALLOY_API_KEY"), never '
             "as a literal: Dagster shows a literal value in its UI, an EnvVar only by name. "
             "Surrounding whitespace is ignored."
         ),
@@ -433,4 +431,3 @@ class AlloyApi(dg.ConfigurableResource):
             logger=logger,
         ) as client:
             return client.export(request, workdir, max_archive_bytes=self.max_archive_bytes)
-

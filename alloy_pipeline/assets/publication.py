@@ -18,7 +18,8 @@ from pyspark.sql import SparkSession
 
 from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.commit import PartitionCommit, PendingCommit, recover
-from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, Zone
+from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest, Zone
+from alloy_pipeline.partitions import Day
 
 Layer = Literal["raw", "refined"]
 

@@ -4,7 +4,6 @@ A partition lands the export's CSVs as received, converts each to parquet with t
 columns, and is published as a new version of the day (`publication.py`).
 """
 
-
 import datetime as dt
 import tempfile
 import time
@@ -23,8 +22,9 @@ from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.columns import name_columns, read_header
 from alloy_pipeline.frames import conform_csv
-from alloy_pipeline.lake import Day, Lake, RawManifest, TableOutput
+from alloy_pipeline.lake import Lake, RawManifest, TableOutput
 from alloy_pipeline.naming import raw_key, table_slug
+from alloy_pipeline.partitions import Day
 
 ALLOY_POOL = "alloy_api"
 """Dagster concurrency pool for exports: bounds exports in flight across runs (set its limit
@@ -59,7 +59,7 @@ def import_stamp(day: Day, requested_at: dt.datetime) -> dict[str, str | dt.date
     The timestamp stays time-zone aware: Spark reads a naive datetime in the client's local
     time zone, so a step on a machine outside UTC would shift it.
     """
-    moment = requested_at.astimezone(dt.timezone.utc)
+    moment = requested_at.astimezone(dt.UTC)
     return {
         **day.fields("import"),
         "import_datetime": moment.strftime("%Y-%m-%d %H:%M:%S"),
@@ -120,7 +120,9 @@ def convert_tables(
             )
             rows = written.get["rows"]
         except Exception as error:
-            raise RuntimeError(f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}") from error
+            raise RuntimeError(
+                f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}"
+            ) from error
         outputs[table] = TableOutput(
             path=zone.uri_of(lake.raw_table_dir(query, table, day, version)),
             rows=rows,
@@ -175,9 +177,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
                 started = time.monotonic()
                 tables = _tables_by_slug(query, export)
                 if main_table not in tables:
-                    raise RuntimeError(
-                        f"query {query.slug}: export {export.task_id} has no {query.request.file_name}"
-                    )
+                    raise RuntimeError(f"query {query.slug}: export {export.task_id} has no {query.request.file_name}")
                 outputs = convert_tables(
                     pyspark.spark_session,
                     lake,

@@ -22,9 +22,10 @@ from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.columns import SNAPSHOT_COLUMNS
 from alloy_pipeline.frames import drop_root_items, rename_columns, stamp_columns, upsert_root_items
-from alloy_pipeline.lake import Day, Lake, RawManifest, SnapshotManifest, SnapshotTable
+from alloy_pipeline.lake import Lake, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingFiles
 from alloy_pipeline.naming import raw_key, snapshot_key
+from alloy_pipeline.partitions import Day
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
 
 ITEM_ID = "item_id"
@@ -316,7 +317,10 @@ def _write_and_publish(
     step.publisher.publish(
         commit,
         manifest,
-        {f"{commit.staging}/{table}": lake.snapshot_table_dir(step.query, table, day, commit.version) for table in tables},
+        {
+            f"{commit.staging}/{table}": lake.snapshot_table_dir(step.query, table, day, commit.version)
+            for table in tables
+        },
     )
     return manifest, counts
 

@@ -12,7 +12,7 @@ import random
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 
 Sampler = Callable[[random.Random], str | None]
@@ -20,7 +20,7 @@ Sampler = Callable[[random.Random], str | None]
 
 SECONDS_PER_YEAR = 365 * 24 * 3600
 _MAX_ITEMS_PER_DESIGN = 1 << 24  # the 6-hex counter at the end of an item id
-_EPOCH_2021 = int(datetime(2021, 1, 1, tzinfo=timezone.utc).timestamp())
+_EPOCH_2021 = int(datetime(2021, 1, 1, tzinfo=UTC).timestamp())
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Changes:
 
 def _now_ms() -> datetime:
     """Now in UTC, to the millisecond: Alloy stores and filters `lastEditDate` at that precision."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -152,9 +152,7 @@ class ItemTable:
             raise KeyError(f"{item.id} is not a live {self.design.code} item")
         self._overrides[index] = item
 
-    def append(
-        self, values: tuple[str | None, ...], links: tuple[tuple[str, ...], ...], last_edit: datetime
-    ) -> Item:
+    def append(self, values: tuple[str | None, ...], links: tuple[tuple[str, ...], ...], last_edit: datetime) -> Item:
         if self._next >= _MAX_ITEMS_PER_DESIGN:
             raise ValueError(f"design {self.design.code} is full")
         item = Item(self.id_for(self._next), last_edit, values, links)
@@ -471,4 +469,3 @@ def _different_value(attribute: Attribute, old: str | None, rng: random.Random) 
         if value != old:
             return value
     return f"{old or ''} (edited)"
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from alloy_pipeline.alloy.simulator.dataset import (
     link_count,
 )
 
-_YEAR_2023 = datetime(2023, 1, 1, tzinfo=timezone.utc)
+_YEAR_2023 = datetime(2023, 1, 1, tzinfo=UTC)
 
 
 def _moment_in_2023(rng: random.Random) -> datetime:
@@ -33,9 +33,8 @@ def _moment_in_2023(rng: random.Random) -> datetime:
 
 def _alloy_datetime(moment: datetime) -> str:
     """UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form Alloy uses in exports and DateTime filters."""
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
 
 
 # fmt: off
@@ -142,9 +141,7 @@ def _depth_mm(rng: random.Random) -> str:
     return str(rng.randrange(0, 300, 5))
 
 
-def _design(
-    code: str, name: str, attributes: Iterable[tuple[str, str, Sampler]], *links: LinkAttribute
-) -> Design:
+def _design(code: str, name: str, attributes: Iterable[tuple[str, str, Sampler]], *links: LinkAttribute) -> Design:
     return Design(code, name, tuple(Attribute(*attribute) for attribute in attributes), links)
 
 
@@ -214,9 +211,7 @@ def demo_dataset(seed: int = 7) -> Dataset:
         table = ItemTable(design, rng)
         for _ in range(_DEMO_SIZES[design.code]):
             values = tuple(attribute.sample(rng) for attribute in design.attributes)
-            links = tuple(
-                tuple(tables[link.target].sample_ids(rng, link_count(rng))) for link in design.links
-            )
+            links = tuple(tuple(tables[link.target].sample_ids(rng, link_count(rng))) for link in design.links)
             table.append(values, links, _moment_in_2023(rng))
         tables[design.code] = table
     return Dataset(tables.values(), seed=seed)
@@ -306,9 +301,7 @@ def synthetic_dataset(n_items: int, seed: int = 1) -> Dataset:
             return (site.id_for(index * 40503 % n_linked),)
         return () if index % 11 == 0 else (owner.id_for((index * 69069 + 1) % n_linked),)
 
-    root = _generated_table(
-        SYNTHETIC_ROOT, "Synthetic Record", _SYNTHETIC_FIELDS, n_items, rng, links, link_for
-    )
+    root = _generated_table(SYNTHETIC_ROOT, "Synthetic Record", _SYNTHETIC_FIELDS, n_items, rng, links, link_for)
     return Dataset((site, owner, root), seed=seed)
 
 
