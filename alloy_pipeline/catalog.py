@@ -109,17 +109,12 @@ class Catalog(dg.ConfigurableResource):
             )
         self.register(spark, registrations)
 
-    def _session_for_queries(self, spark: SparkSession) -> SparkSession:
-        """`spark`, with a Glue catalog replayed into it first: local Spark has no Glue client.
-
-        On EMR, set `ALLOY_CATALOG=spark` instead and the cluster reads Glue directly.
-        """
+    def queryable(self, spark: SparkSession) -> SparkSession:
+        """`spark`, able to query this catalog's tables by name: a Glue catalog is replayed into it
+        first, since local Spark has no Glue client (on EMR, set `ALLOY_CATALOG=spark` instead and
+        the cluster reads Glue directly)."""
         if self.backend == "glue":
             databases = [self.raw_database, self.refined_database]
             for registration in registrations_in_glue(self.glue.get_client(), databases):
                 register_in_session(spark, registration)
         return spark
-
-    def sql(self, spark: SparkSession, query: str, rows: int = 50) -> None:
-        """Run Spark SQL against the catalog and print the result as a table."""
-        self._session_for_queries(spark).sql(query).show(rows, truncate=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline import engine
 from alloy_pipeline.engine import EngineSettings
@@ -163,7 +163,7 @@ def demo(data: Path, days: int) -> int:
             for name in (catalog.table_name("refined", query, query) for query in queries)
         ]
         print(f'\nThe latest snapshots, queried by table name (try it: make sql q="{counts[0]}"):')
-        catalog.sql(spark, " UNION ALL ".join(counts))
+        _show(catalog.queryable(spark).sql(" UNION ALL ".join(counts)))
     print("Browse the runs, partitions, metadata and checks: `make dev`, then open http://127.0.0.1:3000")
     return 0 if identical else 1
 
@@ -175,8 +175,12 @@ def sql(query: str, data: Path) -> int:
     catalog = build_definitions().resources["catalog"]
     with ExitStack() as stack:
         remote = os.environ.get("SPARK_REMOTE") or stack.enter_context(engine.running(EngineSettings.under(data))).url
-        catalog.sql(stack.enter_context(connected(remote)), query)
+        _show(catalog.queryable(stack.enter_context(connected(remote))).sql(query))
     return 0
+
+
+def _show(result: DataFrame, rows: int = 50) -> None:
+    result.show(rows, truncate=False)
 
 
 def rebuild(first: dt.date, last: dt.date) -> int:

@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 from dagster_aws.utils import ResourceWithBoto3Configuration
 
 from alloy_pipeline.registration import Registration
+from alloy_pipeline.s3_uri import for_glue, for_spark
 
 
 class GlueResource(ResourceWithBoto3Configuration):
@@ -51,11 +52,6 @@ def _storage(location: str, columns: Sequence[tuple[str, str]]) -> dict[str, Any
     }
 
 
-def glue_location(location: str) -> str:
-    """Athena and Glue address S3 as `s3://`; Spark's `s3a://` is the same object."""
-    return "s3://" + location[len("s3a://") :] if location.startswith("s3a://") else location
-
-
 def register_in_glue(client: Any, registration: Registration) -> None:
     """Create or update the Glue database, the table and the partition, pointed at this version's folder.
 
@@ -72,7 +68,7 @@ def register_in_glue(client: Any, registration: Registration) -> None:
         "TableType": "EXTERNAL_TABLE",
         "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
         "PartitionKeys": _glue_columns([(key, "string") for key in registration.partition_keys]),
-        "StorageDescriptor": _storage(glue_location(registration.location), registration.data_columns),
+        "StorageDescriptor": _storage(for_glue(registration.location), registration.data_columns),
     }
     try:
         current = client.get_table(DatabaseName=registration.database, Name=registration.table)["Table"]
@@ -91,7 +87,7 @@ def register_in_glue(client: Any, registration: Registration) -> None:
             client.update_table(DatabaseName=registration.database, TableInput=table_input)
     partition_input = {
         "Values": list(registration.partition_values),
-        "StorageDescriptor": _storage(glue_location(registration.partition_location), registration.data_columns),
+        "StorageDescriptor": _storage(for_glue(registration.partition_location), registration.data_columns),
     }
     try:
         client.create_partition(
@@ -125,13 +121,9 @@ def registrations_in_glue(client: Any, databases: Sequence[str]) -> Iterator[Reg
                     yield Registration(
                         database=database,
                         table=table["Name"],
-                        location=_spark_location(table["StorageDescriptor"]["Location"]),
+                        location=for_spark(table["StorageDescriptor"]["Location"]),
                         columns=columns + tuple((key, "string") for key in keys),
                         partition_keys=keys,
                         partition_values=tuple(partition["Values"]),
-                        partition_location=_spark_location(partition["StorageDescriptor"]["Location"]),
+                        partition_location=for_spark(partition["StorageDescriptor"]["Location"]),
                     )
-
-
-def _spark_location(location: str) -> str:
-    return "s3a://" + location[len("s3://") :] if location.startswith("s3://") else location

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alloy_pipeline.columns import RenamedHeader
 from alloy_pipeline.lineage import Lineage
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.s3_uri import S3Uri
 
 ALLOY_PREFIX = "env-services/alloy"
 RAW_DOWNLOADS = f"{ALLOY_PREFIX}/alloy_api_downloads"
@@ -72,10 +73,10 @@ class Zone:
     def parse(cls, location: str) -> Zone:
         """Accept a local path, `file://…`, `s3://…` or `s3a://…` (Spark's S3 scheme)."""
         location = location.rstrip("/")
-        if location.startswith(("s3a://", "s3://")):
-            bucket_path = location.split("://", 1)[1]
-            filesystem, root = pafs.FileSystem.from_uri(f"s3://{bucket_path}")
-            return cls(uri=f"s3a://{bucket_path}", fs=filesystem, root=root)
+        s3 = S3Uri.parse(location)
+        if s3 is not None:
+            filesystem, root = pafs.FileSystem.from_uri(s3.s3)
+            return cls(uri=s3.s3a, fs=filesystem, root=root)
         if location.startswith("file://"):
             location = location[len("file://") :]
         absolute = Path(location).expanduser().resolve()

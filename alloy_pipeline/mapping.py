@@ -17,6 +17,8 @@ from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
+from alloy_pipeline.s3_uri import S3Uri
+
 
 class MappingError(ValueError):
     """A mapping file that cannot be applied."""
@@ -126,12 +128,12 @@ class MappingFiles(dg.ConfigurableResource):
     def load(self, table_name: str) -> Mapping | None:
         """The mapping for `<query>_<table>`, or None when there is no file for it."""
         file_name = f"{table_name}.json"
-        if self.location.startswith(("s3://", "s3a://")):
-            bucket, _, prefix = self.location.split("://", 1)[1].partition("/")
-            key = f"{prefix.rstrip('/')}/{file_name}".lstrip("/")
-            source = f"s3://{bucket}/{key}"
+        folder = S3Uri.parse(self.location)
+        if folder is not None:
+            file = S3Uri(folder.bucket, f"{folder.key.rstrip('/')}/{file_name}".lstrip("/"))
+            source = file.s3
             try:
-                body = self.s3.get_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+                body = self.s3.get_client().get_object(Bucket=file.bucket, Key=file.key)["Body"].read()
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None

@@ -30,6 +30,7 @@ from alloy_pipeline.catalog import Catalog
 from alloy_pipeline.commit import ConcurrentCommitError
 from alloy_pipeline.lake import PENDING, STAGING, Lake, RawManifest, TableOutput, Zone
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.s3_uri import for_spark
 from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
 
 QUERY = "dw_container_job"
@@ -141,7 +142,7 @@ def glue_location(catalog: Catalog, table: str) -> str:
     [partition] = boto3.client("glue").get_partitions(DatabaseName=catalog.raw_database, TableName=f"{QUERY}_{table}")[
         "Partitions"
     ]
-    return partition["StorageDescriptor"]["Location"].replace("s3://", "s3a://", 1)
+    return for_spark(partition["StorageDescriptor"]["Location"])
 
 
 def assert_whole(lake: Lake, manifest: RawManifest, label: str) -> None:
