@@ -7,6 +7,7 @@ import warnings
 
 import dagster as dg
 
+from alloy_pipeline.assets.raw import RawExtractConfig
 from alloy_pipeline.naming import raw_key
 from alloy_pipeline.partitions import LONDON
 
@@ -42,9 +43,9 @@ def build_schedules(queries: list[str], partitions: dg.DailyPartitionsDefinition
         "alloy_weekly_full_refresh",
         selection=ALLOY_ASSETS,
         description="Full raw extracts (full_refresh), then snapshots: drops items deleted upstream.",
-        config={
-            "ops": {raw_key(query).to_python_identifier(): {"config": {"full_refresh": True}} for query in queries}
-        },
+        config=dg.RunConfig(
+            ops={raw_key(query).to_python_identifier(): RawExtractConfig(full_refresh=True) for query in queries}
+        ),
     )
     return dg.Definitions(
         jobs=[daily, weekly],

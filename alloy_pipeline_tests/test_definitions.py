@@ -67,9 +67,7 @@ def test_weekly_job_asks_every_raw_asset_for_a_full_refresh(definitions: dg.Defi
     job = definitions.resolve_job_def("alloy_weekly_full_refresh")
     ops = job.get_run_config_for_partition_key("2024-03-30")["ops"]
     raw_assets = [key for key in definitions.resolve_all_asset_keys() if key.path[1] == "raw"]
-    assert {key.to_python_identifier(): ops[key.to_python_identifier()] for key in raw_assets} == {
-        key.to_python_identifier(): {"config": {"full_refresh": True}} for key in raw_assets
-    }
+    assert raw_assets and all(ops[key.to_python_identifier()]["config"]["full_refresh"] is True for key in raw_assets)
 
 
 def test_a_bad_aqs_file_stops_the_code_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
