@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from alloy_pipeline.lake import Lake
+from alloy_pipeline.lake import LakeResource
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, out_of_date
 
@@ -97,7 +97,7 @@ def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorD
             + "."
         ),
     )
-    def alloy_cascade_sensor(context: dg.SensorEvaluationContext, lake: Lake) -> dg.SensorResult:
+    def alloy_cascade_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         cursor = _Cursor.model_validate_json(context.cursor) if context.cursor else _Cursor()
         requests: list[dg.RunRequest] = []
         flags: list[dg.AssetCheckEvaluation] = []

@@ -42,7 +42,7 @@ def _warn_if_ephemeral(spark: SparkSession) -> None:
         )
 
 
-class Catalog(dg.ConfigurableResource):
+class CatalogResource(dg.ConfigurableResource):
     """Where tables are registered by name: Spark's catalog or the AWS Glue Data Catalog."""
 
     backend: Literal["spark", "glue"] = Field(default="spark", description="ALLOY_CATALOG: spark or glue.")

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline import engine
 from alloy_pipeline.engine import EngineSettings
-from alloy_pipeline.lake import Lake
+from alloy_pipeline.lake import LakeResource
 from alloy_pipeline.partitions import LONDON, Day
 from alloy_pipeline.spark import connected
 
@@ -77,7 +77,7 @@ def _queries(definitions: dg.Definitions) -> list[str]:
     return sorted(key.path[-1] for key in definitions.resolve_all_asset_keys() if key.path[1] == "raw")
 
 
-def _snapshot_rows(spark: SparkSession, lake: Lake, queries: list[str], days: list[str]) -> dict[tuple, list]:
+def _snapshot_rows(spark: SparkSession, lake: LakeResource, queries: list[str], days: list[str]) -> dict[tuple, list]:
     rows: dict[tuple, list] = {}
     for query in queries:
         for manifest in lake.snapshot_manifests(query):
@@ -88,7 +88,7 @@ def _snapshot_rows(spark: SparkSession, lake: Lake, queries: list[str], days: li
     return rows
 
 
-def _report_day(lake: Lake, queries: list[str], day: str) -> None:
+def _report_day(lake: LakeResource, queries: list[str], day: str) -> None:
     for query in queries:
         raw = next(m for m in lake.raw_manifests(query) if m.day.isoformat() == day)
         snapshot = next(m for m in lake.snapshot_manifests(query) if m.day.isoformat() == day)
@@ -133,7 +133,7 @@ def demo(data: Path, days: int) -> int:
         spark = stack.enter_context(connected(state.url))
         for database in (catalog.raw_database, catalog.refined_database):
             spark.sql(f"DROP DATABASE IF EXISTS `{database}` CASCADE")
-        lake = Lake(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
+        lake = LakeResource(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
         queries = _queries(definitions)
         daily = definitions.resolve_job_def("alloy_daily")
         instance = _instance()

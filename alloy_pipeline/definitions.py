@@ -7,14 +7,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from alloy_pipeline.alloy.client import AlloyApi
+from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.aqs import AqsQuery, load_queries
 from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
 from alloy_pipeline.assets.snapshot import build_snapshot_asset
 from alloy_pipeline.cascade import build_cascade_sensor
-from alloy_pipeline.catalog import Catalog
-from alloy_pipeline.lake import ALLOY_PREFIX, Lake
-from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.catalog import CatalogResource
+from alloy_pipeline.lake import ALLOY_PREFIX, LakeResource
+from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.schedules import build_schedules
 from alloy_pipeline.spark import SparkResource
@@ -58,18 +58,18 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     raw_zone = os.environ.get("ALLOY_RAW_ZONE", "data/raw-zone")
     default_mappings = f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
     return {
-        "alloy": AlloyApi(
+        "alloy": AlloyResource(
             base_url=_env_or("ALLOY_API_URL", DEFAULT_API_URL),
             api_key=dg.EnvVar("ALLOY_API_KEY") if "ALLOY_API_KEY_SECRET_ID" not in os.environ else None,
             api_key_secret_id=_env_or("ALLOY_API_KEY_SECRET_ID", None),
         ),
-        "lake": Lake(raw_zone=raw_zone, refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
-        "catalog": Catalog(
+        "lake": LakeResource(raw_zone=raw_zone, refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
+        "catalog": CatalogResource(
             backend=os.environ.get("ALLOY_CATALOG", "spark"),
             raw_database=os.environ.get("ALLOY_RAW_DATABASE", "alloy_raw"),
             refined_database=os.environ.get("ALLOY_REFINED_DATABASE", "alloy_refined"),
         ),
-        "mappings": MappingFiles(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
+        "mappings": MappingResource(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
         "pyspark": SparkResource(remote=_env_or("SPARK_REMOTE", None)),
     }
 

@@ -248,7 +248,7 @@ class SnapshotManifest(BaseModel):
     """The versions this snapshot was built on; None for a snapshot written before lineage."""
 
 
-class Lake(dg.ConfigurableResource):
+class LakeResource(dg.ConfigurableResource):
     """The raw and refined zones, laid out as in the README's "Lake layout", with manifest-based visibility."""
 
     raw_zone: str = Field(

@@ -117,7 +117,7 @@ class Mapping(BaseModel):
         return applied
 
 
-class MappingFiles(dg.ConfigurableResource):
+class MappingResource(dg.ConfigurableResource):
     """Where mapping files live: an `s3://` (or `s3a://`) prefix read through dagster-aws, or a folder."""
 
     location: str = Field(description="Folder or s3://bucket/prefix/ holding <query>_<table>.json files.")

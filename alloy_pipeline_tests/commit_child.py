@@ -13,12 +13,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from alloy_pipeline.alloy.client import AlloyApi
+from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.aqs import load_queries
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.definitions import build_query_definitions
-from alloy_pipeline.lake import Lake, Zone
-from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.lake import LakeResource, Zone
+from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource
 
@@ -44,10 +44,10 @@ def main(root: Path, remote: str, raw_database: str, refined_database: str, day:
             partition_key=day,
             instance=instance,
             resources={
-                "alloy": AlloyApi(api_key="unused: the snapshot assets make no export"),
-                "lake": Lake(raw_zone=str(root / "raw-zone"), refined_zone=str(root / "refined-zone")),
-                "mappings": MappingFiles(location=str(root / "mappings")),
-                "catalog": Catalog(raw_database=raw_database, refined_database=refined_database),
+                "alloy": AlloyResource(api_key="unused: the snapshot assets make no export"),
+                "lake": LakeResource(raw_zone=str(root / "raw-zone"), refined_zone=str(root / "refined-zone")),
+                "mappings": MappingResource(location=str(root / "mappings")),
+                "catalog": CatalogResource(raw_database=raw_database, refined_database=refined_database),
                 "pyspark": SparkResource(remote=remote),
             },
         )

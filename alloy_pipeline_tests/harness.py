@@ -9,13 +9,13 @@ from pathlib import Path
 import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
 
-from alloy_pipeline.alloy.client import AlloyApi
+from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.alloy.simulator import AlloySimulator
 from alloy_pipeline.aqs import load_queries
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.definitions import build_query_definitions
-from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest
-from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest
+from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.naming import raw_key
 from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource
@@ -36,7 +36,7 @@ class Pipeline:
     root: Path
     mapping_location: str
     api_key_secret_id: str | None = None
-    catalog: Catalog | None = None
+    catalog: CatalogResource | None = None
     cleanup_grace_minutes: float | None = None
 
     @property
@@ -44,9 +44,9 @@ class Pipeline:
         return self.root / "aqs"
 
     @property
-    def lake(self) -> Lake:
+    def lake(self) -> LakeResource:
         grace = {} if self.cleanup_grace_minutes is None else {"cleanup_grace_minutes": self.cleanup_grace_minutes}
-        return Lake(raw_zone=str(self.root / "raw-zone"), refined_zone=str(self.root / "refined-zone"), **grace)
+        return LakeResource(raw_zone=str(self.root / "raw-zone"), refined_zone=str(self.root / "refined-zone"), **grace)
 
     @classmethod
     def create(
@@ -73,22 +73,22 @@ class Pipeline:
 
     def resources(self) -> dict[str, object]:
         return {
-            "alloy": AlloyApi(
+            "alloy": AlloyResource(
                 base_url=self.simulator.url,
                 api_key=None if self.api_key_secret_id else API_KEY,
                 api_key_secret_id=self.api_key_secret_id,
                 poll_initial_seconds=0.05,
             ),
             "lake": self.lake,
-            "mappings": MappingFiles(location=self.mapping_location),
+            "mappings": MappingResource(location=self.mapping_location),
             "catalog": self.catalog or self.session_catalog(),
             "pyspark": SparkResource(remote=self.remote),
         }
 
-    def session_catalog(self) -> Catalog:
+    def session_catalog(self) -> CatalogResource:
         """Registration in the test engine's catalog, under databases of this test's own."""
         suffix = self.root.name.lower().replace("-", "_")[-40:]
-        return Catalog(backend="spark", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
+        return CatalogResource(backend="spark", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
     def assets(self) -> list[dg.AssetsDefinition]:
         """Built from the AQS folder as it is now, as the code location would on reload."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.glue_catalog import GlueResource
 from alloy_pipeline_tests.harness import Pipeline, failure_text
 
@@ -76,10 +76,10 @@ def test_spark_catalog_of_the_engine(jobs: Pipeline, spark) -> None:
     assert NEW_COLUMN in [row["col_name"] for row in description], "and a column added after the first day"
 
 
-def glue_catalog(**settings: object) -> Catalog:
+def glue_catalog(**settings: object) -> CatalogResource:
     """A Glue catalog with databases of this test's own: moto's server outlives one test."""
     suffix = uuid.uuid4().hex[:8]
-    return Catalog(
+    return CatalogResource(
         backend="glue",
         raw_database=f"raw_{suffix}",
         refined_database=f"refined_{suffix}",

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from alloy_pipeline.alloy.archive import ArchiveError
-from alloy_pipeline.alloy.client import AlloyApi, AlloyClient, AlloyError, AlloyTaskError, PollPolicy
+from alloy_pipeline.alloy.client import AlloyClient, AlloyError, AlloyResource, AlloyTaskError, PollPolicy
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault
 from alloy_pipeline.alloy.transport import RetryingTransport
 from alloy_pipeline.aqs import ExportRequest, load_query
@@ -273,7 +273,7 @@ def test_nonsensical_settings_are_refused_when_the_resource_is_built(setting: di
     """A zero first delay would poll Alloy in a tight loop; refuse it before any run starts."""
     [name] = setting
     with pytest.raises(ValidationError, match=name) as raised:
-        AlloyApi(api_key=API_KEY, **setting)
+        AlloyResource(api_key=API_KEY, **setting)
     assert API_KEY not in str(raised.value)
 
 
@@ -287,6 +287,6 @@ def test_a_poll_policy_refuses_nonsensical_delays(setting: dict[str, float]) -> 
 
 def test_the_key_field_is_secret_in_dagsters_config_schema() -> None:
     """Dagster masks secret fields in the UI's config scaffolds; the description points at EnvVar."""
-    fields = AlloyApi.to_config_schema().as_field().config_type.fields
+    fields = AlloyResource.to_config_schema().as_field().config_type.fields
     assert fields["api_key"].is_secret
     assert 'EnvVar("ALLOY_API_KEY")' in (fields["api_key"].description or "")

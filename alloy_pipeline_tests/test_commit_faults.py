@@ -26,9 +26,9 @@ import boto3
 import pytest
 
 from alloy_pipeline.assets.publication import Publisher
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import ConcurrentCommitError
-from alloy_pipeline.lake import PENDING, STAGING, Lake, RawManifest, TableOutput, Zone
+from alloy_pipeline.lake import PENDING, STAGING, LakeResource, RawManifest, TableOutput, Zone
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
 from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
@@ -75,7 +75,7 @@ BEFORE_MANIFEST = ("pending record", "first move", "second move", "manifest writ
 
 def inject(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
     method, template = STEPS[step]
-    owner = Catalog if method == "register" else Zone
+    owner = CatalogResource if method == "register" else Zone
     monkeypatch.setattr(owner, method, FailAt(template.nth, template.matching).wrap(getattr(owner, method)))
 
 
@@ -88,20 +88,22 @@ def local(location: str) -> Path:
 
 
 @pytest.fixture(params=["local", "s3"])
-def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> LakeResource:
     if request.param == "s3":
         bucket = request.getfixturevalue("bucket")
-        return Lake(raw_zone=f"s3a://{bucket}/raw", refined_zone=f"s3a://{bucket}/refined", cleanup_grace_minutes=0)
-    return Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=0)
+        return LakeResource(
+            raw_zone=f"s3a://{bucket}/raw", refined_zone=f"s3a://{bucket}/refined", cleanup_grace_minutes=0
+        )
+    return LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=0)
 
 
 @pytest.fixture
-def glue(aws: str) -> Catalog:
+def glue(aws: str) -> CatalogResource:
     suffix = uuid.uuid4().hex[:8]
-    return Catalog(backend="glue", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
+    return CatalogResource(backend="glue", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
 
-def publisher(lake: Lake, catalog: Catalog, spark) -> Publisher:
+def publisher(lake: LakeResource, catalog: CatalogResource, spark) -> Publisher:
     return Publisher(lake, catalog, spark, "raw", QUERY, logging.getLogger("test"))
 
 
@@ -138,14 +140,14 @@ def publish_version(pub: Publisher, label: str) -> RawManifest:
     return manifest
 
 
-def glue_location(catalog: Catalog, table: str) -> str:
+def glue_location(catalog: CatalogResource, table: str) -> str:
     [partition] = boto3.client("glue").get_partitions(DatabaseName=catalog.raw_database, TableName=f"{QUERY}_{table}")[
         "Partitions"
     ]
     return for_spark(partition["StorageDescriptor"]["Location"])
 
 
-def assert_whole(lake: Lake, manifest: RawManifest, label: str) -> None:
+def assert_whole(lake: LakeResource, manifest: RawManifest, label: str) -> None:
     """Every file of `manifest`'s version is there and is `label`'s."""
     zone = lake.raw
     for table, entry in manifest.tables.items():
@@ -153,7 +155,7 @@ def assert_whole(lake: Lake, manifest: RawManifest, label: str) -> None:
     assert zone.read_text(f"{lake.landing_dir(QUERY, DAY, manifest.version)}/Jobs.csv") == f"csv {label}"
 
 
-def versions_on_disk(lake: Lake) -> set[str]:
+def versions_on_disk(lake: LakeResource) -> set[str]:
     zone = lake.raw
     folders = [lake.landing_dir(QUERY, DAY)] + [
         lake.raw_table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES
@@ -163,7 +165,7 @@ def versions_on_disk(lake: Lake) -> set[str]:
 
 @pytest.mark.parametrize("step", list(STEPS))
 def test_a_failure_at_any_step_of_a_commit_keeps_a_whole_committed_version(
-    step: str, lake: Lake, glue: Catalog, spark, monkeypatch: pytest.MonkeyPatch
+    step: str, lake: LakeResource, glue: CatalogResource, spark, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pub = publisher(lake, glue, spark)
     old = publish_version(pub, "old")
@@ -194,8 +196,10 @@ def test_a_failure_at_any_step_of_a_commit_keeps_a_whole_committed_version(
     assert_whole(lake, newest, "newest")
 
 
-def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: Catalog, spark, monkeypatch) -> None:
-    lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=60)
+def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: CatalogResource, spark, monkeypatch) -> None:
+    lake = LakeResource(
+        raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=60
+    )
     pub = publisher(lake, glue, spark)
     old = publish_version(pub, "old")
     with monkeypatch.context() as patched:
@@ -209,7 +213,7 @@ def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: Catalog, spar
 
 
 def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothing(
-    lake: Lake, glue: Catalog, spark
+    lake: LakeResource, glue: CatalogResource, spark
 ) -> None:
     pub = publisher(lake, glue, spark)
     publish_version(pub, "old")

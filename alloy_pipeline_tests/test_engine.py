@@ -19,7 +19,7 @@ from pyspark.sql.connect.session import SparkSession as ConnectSession
 from alloy_pipeline import engine as engines
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
 from alloy_pipeline.engine import EngineError, EngineSettings
-from alloy_pipeline.lake import Lake
+from alloy_pipeline.lake import LakeResource
 from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE
 from alloy_pipeline_tests.harness import API_KEY, REPO, Pipeline
 
@@ -111,7 +111,7 @@ def test_parallel_steps_are_clients_of_one_engine(engine: EngineSettings, spark:
     assert not any(overlap(a, b) for i, a in enumerate(raw) for b in raw[i + 1 :]), "one export at a time"
     assert any(overlap(a, b) for a in raw for b in snapshots), "other steps run alongside the export"
 
-    lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
+    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
     for query in ("dw_container_job", "graffiti_reports", "gully_inspections"):
         [manifest] = lake.snapshot_manifests(query)
         [count] = spark.sql(
@@ -126,7 +126,7 @@ def test_local_spark_without_spark_remote(simulator: AlloySimulator, tmp_path: P
     """Without SPARK_REMOTE a step runs local Spark itself; its catalog ends with it, and it says so."""
     environment = user_environment(simulator, tmp_path, ["Graffiti Reports"])
     output = materialize_in_subprocess("2024-03-01", environment, select="alloy/raw/graffiti_reports")
-    [manifest] = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined")).raw_manifests(
+    [manifest] = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined")).raw_manifests(
         "graffiti_reports"
     )
     assert manifest.tables["graffiti_reports"].rows == pq.read_table(manifest.tables["graffiti_reports"].path).num_rows

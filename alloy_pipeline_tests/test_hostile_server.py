@@ -21,10 +21,10 @@ import pytest
 
 from alloy_pipeline.alloy.archive import ArchiveError
 from alloy_pipeline.alloy.client import (
-    AlloyApi,
     AlloyClient,
     AlloyError,
     AlloyReplyError,
+    AlloyResource,
     AlloyTaskError,
     PollPolicy,
 )
@@ -142,11 +142,11 @@ def test_the_key_never_reaches_dagsters_event_log_or_run_storage(
     workdir.mkdir()
 
     @dg.asset
-    def alloy_extract(context: dg.AssetExecutionContext, alloy: AlloyApi) -> dg.MaterializeResult:
+    def alloy_extract(context: dg.AssetExecutionContext, alloy: AlloyResource) -> dg.MaterializeResult:
         export = alloy.export(REQUEST, workdir, context.log)
         return dg.MaterializeResult(metadata={"task_id": export.task_id, "csv_files": len(export.csv_files)})
 
-    resource = AlloyApi(
+    resource = AlloyResource(
         base_url=simulator.url, api_key=dg.EnvVar("ALLOY_API_KEY"), poll_initial_seconds=0.01, poll_max_seconds=0.1
     )
     simulator.inject(Fault("status", endpoint="task", status=503, times=8))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from alloy_pipeline.lake import Lake, ManifestError, RawManifest, Zone
+from alloy_pipeline.lake import LakeResource, ManifestError, RawManifest, Zone
 from alloy_pipeline.partitions import Day
 
 
@@ -53,7 +53,7 @@ def test_deleting_a_version_written_before_versions_keeps_the_newer_ones(zone: Z
 
 
 def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) -> None:
-    lake = Lake(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
+    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
     day = Day.from_key("2024-03-01")
     manifest = RawManifest(
         query="jobs",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from alloy_pipeline.mapping import Mapping, MappingError, MappingFiles
+from alloy_pipeline.mapping import Mapping, MappingError, MappingResource
 
 SOURCE = "s3://lake/mapping-files/dw_container_job_dw_container_job.json"
 COLUMNS = ["item_id", "title", "status", "notes", "import_date", "snapshot_date"]
@@ -55,7 +55,7 @@ def test_a_utf8_bom_is_accepted(text: bytes | str) -> None:
 
 def test_a_local_mapping_file_saved_with_a_bom_is_read(tmp_path: Path) -> None:
     (tmp_path / "q_t.json").write_text('{"title": "job_title"}', encoding="utf-8-sig")
-    mapping = MappingFiles(location=str(tmp_path)).load("q_t")
+    mapping = MappingResource(location=str(tmp_path)).load("q_t")
     assert mapping is not None and mapping.renames == {"title": "job_title"}
 
 

@@ -55,7 +55,7 @@ import dagster as dg
 from pyspark.sql import SparkSession
 
 from alloy_pipeline import engine as engines
-from alloy_pipeline.alloy.client import AlloyApi, AlloyClient
+from alloy_pipeline.alloy.client import AlloyClient, AlloyResource
 from alloy_pipeline.alloy.simulator import (
     SYNTHETIC_ROOT,
     AlloySimulator,
@@ -64,11 +64,11 @@ from alloy_pipeline.alloy.simulator import (
     synthetic_request,
 )
 from alloy_pipeline.aqs import load_queries, load_query
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.definitions import build_query_definitions
 from alloy_pipeline.engine import EngineSettings
-from alloy_pipeline.lake import Lake, SnapshotManifest
-from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.lake import LakeResource, SnapshotManifest
+from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.naming import raw_key
 from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource, connect_session, connected
@@ -573,8 +573,8 @@ class Workspace:
         return cls(root)
 
     @property
-    def lake(self) -> Lake:
-        return Lake(raw_zone=str(self.root / "lake" / "raw"), refined_zone=str(self.root / "lake" / "refined"))
+    def lake(self) -> LakeResource:
+        return LakeResource(raw_zone=str(self.root / "lake" / "raw"), refined_zone=str(self.root / "lake" / "refined"))
 
     def assets(self) -> list[dg.AssetsDefinition]:
         [query] = load_queries(self.root / "aqs")
@@ -584,10 +584,12 @@ class Workspace:
         """The pipeline's resources, its steps thin clients of the engine at `remote`."""
         database = "bench_" + re.sub(r"\W", "_", self.root.name).lower()
         return {
-            "alloy": AlloyApi(base_url=alloy_url, api_key=API_KEY),
+            "alloy": AlloyResource(base_url=alloy_url, api_key=API_KEY),
             "lake": self.lake,
-            "mappings": MappingFiles(location=str(self.root / "lake" / "mappings")),
-            "catalog": Catalog(backend="spark", raw_database=f"{database}_raw", refined_database=f"{database}_refined"),
+            "mappings": MappingResource(location=str(self.root / "lake" / "mappings")),
+            "catalog": CatalogResource(
+                backend="spark", raw_database=f"{database}_raw", refined_database=f"{database}_refined"
+            ),
             "pyspark": SparkResource(remote=remote),
         }
 

@@ -356,7 +356,7 @@ def _save(response: httpx.Response, target: Path, have: int, where: str) -> None
             sink.write(chunk)
 
 
-class AlloyApi(dg.ConfigurableResource):
+class AlloyResource(dg.ConfigurableResource):
     """Alloy's export API, for one council's tenancy."""
 
     base_url: str = Field(

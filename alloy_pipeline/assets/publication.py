@@ -16,9 +16,9 @@ from typing import Literal
 import dagster as dg
 from pyspark.sql import SparkSession
 
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import PartitionCommit, PendingCommit, recover
-from alloy_pipeline.lake import Lake, RawManifest, SnapshotManifest, Zone
+from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest, Zone
 from alloy_pipeline.partitions import Day
 
 Layer = Literal["raw", "refined"]
@@ -28,8 +28,8 @@ Layer = Literal["raw", "refined"]
 class Publisher:
     """Commits and registers the partitions of one query in one layer of the lake."""
 
-    lake: Lake
-    catalog: Catalog
+    lake: LakeResource
+    catalog: CatalogResource
     spark: SparkSession
     layer: Layer
     query: str

@@ -15,14 +15,14 @@ from pydantic import Field
 from pyspark.sql import Observation, SparkSession
 from pyspark.sql import functions as F
 
-from alloy_pipeline.alloy.client import AlloyApi, Export
+from alloy_pipeline.alloy.client import AlloyResource, Export
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import table_schema
 from alloy_pipeline.assets.publication import Publisher
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.columns import name_columns, read_header
 from alloy_pipeline.frames import conform_csv
-from alloy_pipeline.lake import Lake, RawManifest, TableOutput
+from alloy_pipeline.lake import LakeResource, RawManifest, TableOutput
 from alloy_pipeline.naming import raw_key, table_slug
 from alloy_pipeline.partitions import Day
 
@@ -82,7 +82,7 @@ def _tables_by_slug(query: AqsQuery, export: Export) -> dict[str, Path]:
 
 def convert_tables(
     spark: SparkSession,
-    lake: Lake,
+    lake: LakeResource,
     *,
     query: str,
     day: Day,
@@ -150,9 +150,9 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
     def raw_extract(
         context: dg.AssetExecutionContext,
         config: RawExtractConfig,
-        alloy: AlloyApi,
-        lake: Lake,
-        catalog: Catalog,
+        alloy: AlloyResource,
+        lake: LakeResource,
+        catalog: CatalogResource,
         pyspark: PySparkResource,
     ) -> dg.MaterializeResult:
         day = Day.from_key(context.partition_key)

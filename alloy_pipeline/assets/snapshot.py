@@ -17,10 +17,10 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import preview, table_schema
 from alloy_pipeline.assets.publication import Publisher
-from alloy_pipeline.catalog import Catalog
+from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.frames import rename_columns, stamp_columns
-from alloy_pipeline.lake import Lake, SnapshotManifest, SnapshotTable
-from alloy_pipeline.mapping import MappingFiles
+from alloy_pipeline.lake import LakeResource, SnapshotManifest, SnapshotTable
+from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.snapshot_merge import (
@@ -81,9 +81,9 @@ class SnapshotStep:
     """What building one query's snapshot days needs; shared by every day of a run."""
 
     query: str
-    lake: Lake
-    mappings: MappingFiles
-    catalog: Catalog
+    lake: LakeResource
+    mappings: MappingResource
+    catalog: CatalogResource
     spark: SparkSession
     run_id: str
     log: logging.Logger
@@ -398,9 +398,9 @@ def build_snapshot_asset(
 
     def snapshot(
         context: dg.AssetExecutionContext,
-        lake: Lake,
-        mappings: MappingFiles,
-        catalog: Catalog,
+        lake: LakeResource,
+        mappings: MappingResource,
+        catalog: CatalogResource,
         pyspark: PySparkResource,
     ) -> Iterator[
         dg.MaterializeResult | dg.AssetCheckResult | dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output
