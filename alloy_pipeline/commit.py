@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict
 
-from alloy_pipeline.lake import PENDING, STAGING, Zone, new_version, version_time
+from alloy_pipeline.lake import PENDING, STAGING
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.zone import Zone, new_version, version_time
 
 
 class ConcurrentCommitError(RuntimeError):

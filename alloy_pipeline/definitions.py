@@ -19,15 +19,15 @@ from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.schedules import build_schedules
 from alloy_pipeline.spark import SparkResource
 
-DEFAULT_API_URL = "https://api.uk.alloyapp.io"
 DEFAULT_PARTITIONS_START = "2024-01-01"
 DEFAULT_MAX_CONCURRENT_EXPORTS = "4"
 DEFAULT_SNAPSHOT_DAYS_PER_RUN = "31"
 
 
-def _env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
-    """An `EnvVar` when the variable is set (so Dagster resolves it per run), else the default."""
-    return dg.EnvVar(name) if name in os.environ else default
+def _set_in_environment(**fields: str) -> dict[str, dg.EnvVar]:
+    """`field: EnvVar(variable)` for each variable the environment sets: Dagster resolves it per run and
+    shows it by name. A field whose variable is unset keeps the default of its `Field`."""
+    return {field: dg.EnvVar(variable) for field, variable in fields.items() if variable in os.environ}
 
 
 def build_query_definitions(
@@ -55,22 +55,30 @@ def build_executor(max_exports: int) -> dg.ExecutorDefinition:
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources from the environment (the README's "Configuration"), each with a local default."""
-    raw_zone = os.environ.get("ALLOY_RAW_ZONE", "data/raw-zone")
-    default_mappings = f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
+    lake = LakeResource(**_set_in_environment(raw_zone="ALLOY_RAW_ZONE", refined_zone="ALLOY_REFINED_ZONE"))
+    raw_zone = os.environ.get("ALLOY_RAW_ZONE") or lake.raw_zone
+    mappings = _set_in_environment(location="ALLOY_MAPPING_LOCATION") or {
+        "location": f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
+    }
     return {
         "alloy": AlloyResource(
-            base_url=_env_or("ALLOY_API_URL", DEFAULT_API_URL),
-            api_key=dg.EnvVar("ALLOY_API_KEY") if "ALLOY_API_KEY_SECRET_ID" not in os.environ else None,
-            api_key_secret_id=_env_or("ALLOY_API_KEY_SECRET_ID", None),
+            **_set_in_environment(base_url="ALLOY_API_URL", api_key_secret_id="ALLOY_API_KEY_SECRET_ID"),
+            api_key=None if "ALLOY_API_KEY_SECRET_ID" in os.environ else dg.EnvVar("ALLOY_API_KEY"),
         ),
-        "lake": LakeResource(raw_zone=raw_zone, refined_zone=_env_or("ALLOY_REFINED_ZONE", "data/refined-zone")),
+        "lake": lake,
         "catalog": CatalogResource(
-            backend=os.environ.get("ALLOY_CATALOG", "spark"),
-            raw_database=os.environ.get("ALLOY_RAW_DATABASE", "alloy_raw"),
-            refined_database=os.environ.get("ALLOY_REFINED_DATABASE", "alloy_refined"),
+            **{
+                field: os.environ[variable]
+                for field, variable in (
+                    ("backend", "ALLOY_CATALOG"),
+                    ("raw_database", "ALLOY_RAW_DATABASE"),
+                    ("refined_database", "ALLOY_REFINED_DATABASE"),
+                )
+                if variable in os.environ
+            }
         ),
-        "mappings": MappingResource(location=_env_or("ALLOY_MAPPING_LOCATION", default_mappings)),
-        "pyspark": SparkResource(remote=_env_or("SPARK_REMOTE", None)),
+        "mappings": MappingResource(**mappings),
+        "pyspark": SparkResource(**_set_in_environment(remote="SPARK_REMOTE")),
     }
 
 

@@ -17,10 +17,11 @@ from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.aqs import load_queries
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.definitions import build_query_definitions
-from alloy_pipeline.lake import LakeResource, Zone
+from alloy_pipeline.lake import LakeResource
 from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.partitions import daily_partitions
 from alloy_pipeline.spark import SparkResource
+from alloy_pipeline.zone import Zone
 
 
 def main(root: Path, remote: str, raw_database: str, refined_database: str, day: str, marker: Path) -> None:

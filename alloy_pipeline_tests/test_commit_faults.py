@@ -28,9 +28,10 @@ import pytest
 from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import ConcurrentCommitError
-from alloy_pipeline.lake import PENDING, STAGING, LakeResource, RawManifest, TableOutput, Zone
+from alloy_pipeline.lake import PENDING, STAGING, LakeResource, RawManifest, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
+from alloy_pipeline.zone import Zone
 from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
 
 QUERY = "dw_container_job"

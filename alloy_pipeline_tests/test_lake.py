@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from alloy_pipeline.lake import LakeResource, ManifestError, RawManifest, Zone
+from alloy_pipeline.lake import LakeResource, ManifestError, RawManifest
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.zone import Zone
 
 
 def test_day_segments_follow_the_hive_layout() -> None:

@@ -34,6 +34,8 @@ from alloy_pipeline.aqs import ExportRequest
 
 IN_PROGRESS_STATUSES = frozenset({"Queued", "Running"})
 FAILED_STATUSES = frozenset({"Failed", "Deleted", "Cancelled"})
+MAX_RETRIES = 5
+REQUEST_TIMEOUT_SECONDS = 60.0
 ARCHIVE_NAME = "export.zip"
 CSV_FOLDER = "csv"
 _HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]+")
@@ -189,8 +191,8 @@ class AlloyClient:
         api_key: str,
         *,
         poll: PollPolicy = PollPolicy(),
-        max_retries: int = 5,
-        request_timeout_seconds: float = 60.0,
+        max_retries: int = MAX_RETRIES,
+        request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -376,26 +378,33 @@ class AlloyResource(dg.ConfigurableResource):
         default=None,
         description="AWS Secrets Manager id of the key (ALLOY_API_KEY_SECRET_ID), used when api_key is unset.",
     )
-    secrets: SecretsManagerResource | None = Field(
-        default=None, description="Secrets Manager access for api_key_secret_id (default: the AWS environment)."
+    secrets: SecretsManagerResource = Field(
+        default_factory=SecretsManagerResource,
+        description="Secrets Manager access for api_key_secret_id (default: the AWS environment).",
     )
-    poll_initial_seconds: float = Field(default=1.0, gt=0, description="First delay between task polls.")
-    poll_growth: float = Field(default=1.5, ge=1, description="Factor by which the poll delay grows.")
-    poll_max_seconds: float = Field(default=30.0, gt=0, description="Cap on the delay between task polls.")
+    poll_initial_seconds: float = Field(
+        default=PollPolicy.initial_seconds, gt=0, description="First delay between task polls."
+    )
+    poll_growth: float = Field(default=PollPolicy.growth, ge=1, description="Factor by which the poll delay grows.")
+    poll_max_seconds: float = Field(
+        default=PollPolicy.max_seconds, gt=0, description="Cap on the delay between task polls."
+    )
     task_timeout_seconds: float = Field(
-        default=3 * 3600.0,
+        default=PollPolicy.timeout_seconds,
         gt=0,
         description="Give up on an export task after this long; transient poll failures are retried until then.",
     )
     max_retries: int = Field(
-        default=5,
+        default=MAX_RETRIES,
         ge=0,
         description=(
             "Retries of a request after 429, 5xx or a connection error (POST /api/export only after "
             "429 or a connection that never opened), and of an interrupted download."
         ),
     )
-    request_timeout_seconds: float = Field(default=60.0, gt=0, description="Timeout of one HTTP request.")
+    request_timeout_seconds: float = Field(
+        default=REQUEST_TIMEOUT_SECONDS, gt=0, description="Timeout of one HTTP request."
+    )
     max_archive_bytes: int = Field(
         default=10 * 1024**3,
         gt=0,
@@ -409,8 +418,7 @@ class AlloyResource(dg.ConfigurableResource):
         if self.api_key and self.api_key.strip():
             return self.api_key
         if self.api_key_secret_id:
-            secrets = self.secrets or SecretsManagerResource()
-            secret = secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
+            secret = self.secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
             return secret["SecretString"]
         raise AlloyError("no Alloy API key configured: set ALLOY_API_KEY or ALLOY_API_KEY_SECRET_ID")
 

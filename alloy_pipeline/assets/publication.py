@@ -18,8 +18,9 @@ from pyspark.sql import SparkSession
 
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import PartitionCommit, PendingCommit, recover
-from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest, Zone
+from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.zone import Zone
 
 Layer = Literal["raw", "refined"]
 
