@@ -24,7 +24,7 @@ from pydantic import Field, PrivateAttr
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.glue_catalog import GlueResource, register_in_glue, registrations_in_glue
-from alloy_pipeline.lake import TableOutput
+from alloy_pipeline.lake import RAW, REFINED, Layer, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.registration import Registration
 from alloy_pipeline.spark_catalog import register_in_session
@@ -75,14 +75,17 @@ class CatalogResource(dg.ConfigurableResource):
                 "and the next successful run of this partition registers it"
             ) from error
 
-    def table_name(self, zone: Literal["raw", "refined"], query: str, table: str) -> str:
-        database = self.raw_database if zone == "raw" else self.refined_database
+    def database(self, layer: Layer) -> str:
+        return self.raw_database if layer is RAW else self.refined_database
+
+    def table_name(self, layer: Layer, query: str, table: str) -> str:
+        database = self.database(layer)
         return f"{database}.{query}_{table}"
 
     def register_tables(
         self,
         spark: SparkSession,
-        zone: Literal["raw", "refined"],
+        layer: Layer,
         query: str,
         day: Day,
         tables: Mapping[str, TableOutput],
@@ -90,12 +93,12 @@ class CatalogResource(dg.ConfigurableResource):
     ) -> None:
         """Register one day of each of a query's tables; `root(table)` is the table's location.
 
-        Raw tables are partitioned by the `import_*` keys, snapshot tables by `snapshot_*`.
+        Partitioned by the layer's keys: `import_*` for raw tables, `snapshot_*` for snapshots.
         """
-        fields = day.fields("import" if zone == "raw" else "snapshot")
+        fields = day.fields(layer.partition_prefix)
         registrations = []
         for table, output in tables.items():
-            database, name = self.table_name(zone, query, table).split(".")
+            database, name = self.table_name(layer, query, table).split(".")
             registrations.append(
                 Registration(
                     database=database,
@@ -114,7 +117,7 @@ class CatalogResource(dg.ConfigurableResource):
         first, since local Spark has no Glue client (on EMR, set `ALLOY_CATALOG=spark` instead and
         the cluster reads Glue directly)."""
         if self.backend == "glue":
-            databases = [self.raw_database, self.refined_database]
+            databases = [self.database(RAW), self.database(REFINED)]
             for registration in registrations_in_glue(self.glue.get_client(), databases):
                 register_in_session(spark, registration)
         return spark

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline import engine
 from alloy_pipeline.engine import EngineSettings
-from alloy_pipeline.lake import LakeResource
+from alloy_pipeline.lake import RAW, REFINED, LakeResource
 from alloy_pipeline.partitions import LONDON, Day
 from alloy_pipeline.spark import connected
 
@@ -131,7 +131,7 @@ def demo(data: Path, days: int) -> int:
         definitions = build_definitions()
         catalog = definitions.resources["catalog"]
         spark = stack.enter_context(connected(state.url))
-        for database in (catalog.raw_database, catalog.refined_database):
+        for database in (catalog.database(RAW), catalog.database(REFINED)):
             spark.sql(f"DROP DATABASE IF EXISTS `{database}` CASCADE")
         lake = LakeResource(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
         queries = _queries(definitions)
@@ -160,7 +160,7 @@ def demo(data: Path, days: int) -> int:
         latest = Day.from_key(keys[-1]).compact
         counts = [
             f"SELECT '{name}' AS table_name, count(*) AS row_count FROM {name} WHERE snapshot_date = '{latest}'"
-            for name in (catalog.table_name("refined", query, query) for query in queries)
+            for name in (catalog.table_name(REFINED, query, query) for query in queries)
         ]
         print(f'\nThe latest snapshots, queried by table name (try it: make sql q="{counts[0]}"):')
         _show(catalog.queryable(spark).sql(" UNION ALL ".join(counts)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeVar
 
@@ -101,6 +102,33 @@ class SnapshotManifest(BaseModel):
     """The versions this snapshot was built on; None for a snapshot written before lineage."""
 
 
+@dataclass(frozen=True)
+class Layer:
+    """One layer of the lake, raw or refined: the same idea twice, told apart by these values."""
+
+    partition_prefix: str
+    """The Hive keys of its partitions: `import_*` or `snapshot_*`."""
+    table_folder: str
+    manifests: str
+    manifest_model: type[RawManifest] | type[SnapshotManifest]
+
+    def table_root(self, query: str, table: str) -> str:
+        return f"{self.table_folder}/{query}/{table}"
+
+    def table_dir(self, query: str, table: str, day: Day, version: str) -> str:
+        return f"{self.table_root(query, table)}/{day.segments(self.partition_prefix)}/{version}"
+
+    def manifest_folder(self, query: str) -> str:
+        return f"{self.manifests}/{query}"
+
+    def manifest_path(self, query: str, day: Day) -> str:
+        return f"{self.manifest_folder(query)}/{day.compact}.json"
+
+
+RAW = Layer("import", RAW_PARQUET, RAW_MANIFESTS, RawManifest)
+REFINED = Layer("snapshot", SNAPSHOTS, SNAPSHOT_MANIFESTS, SnapshotManifest)
+
+
 class LakeResource(dg.ConfigurableResource):
     """The raw and refined zones, laid out as in the README's "Lake layout", with manifest-based visibility."""
 
@@ -133,40 +161,19 @@ class LakeResource(dg.ConfigurableResource):
         return f"{folder}/{version}" if version else folder
 
     @staticmethod
-    def raw_table_root(query: str, table: str) -> str:
-        return f"{RAW_PARQUET}/{query}/{table}"
-
-    @classmethod
-    def raw_table_dir(cls, query: str, table: str, day: Day, version: str) -> str:
-        return f"{cls.raw_table_root(query, table)}/{day.segments('import')}/{version}"
-
-    @staticmethod
-    def snapshot_table_root(query: str, table: str) -> str:
-        return f"{SNAPSHOTS}/{query}/{table}"
-
-    @classmethod
-    def snapshot_table_dir(cls, query: str, table: str, day: Day, version: str) -> str:
-        return f"{cls.snapshot_table_root(query, table)}/{day.segments('snapshot')}/{version}"
-
-    @staticmethod
     def staging_dir(query: str, version: str) -> str:
         return f"{STAGING}/{query}/{version}"
 
-    @staticmethod
-    def raw_manifest_path(query: str, day: Day) -> str:
-        return f"{RAW_MANIFESTS}/{query}/{day.compact}.json"
-
-    @staticmethod
-    def snapshot_manifest_path(query: str, day: Day) -> str:
-        return f"{SNAPSHOT_MANIFESTS}/{query}/{day.compact}.json"
+    def zone(self, layer: Layer) -> Zone:
+        return self.raw if layer is RAW else self.refined
 
     def raw_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[RawManifest]:
         """Every committed raw partition of `query`, oldest first; see `read_manifests` for `replacing`."""
-        return read_manifests(self.raw, f"{RAW_MANIFESTS}/{query}", RawManifest, replacing)
+        return read_manifests(self.raw, RAW.manifest_folder(query), RawManifest, replacing)
 
     def snapshot_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[SnapshotManifest]:
         """Every committed snapshot partition of `query`, oldest first; see `read_manifests`."""
-        return read_manifests(self.refined, f"{SNAPSHOT_MANIFESTS}/{query}", SnapshotManifest, replacing)
+        return read_manifests(self.refined, REFINED.manifest_folder(query), SnapshotManifest, replacing)
 
     def data_dirs(self, manifest: RawManifest | SnapshotManifest) -> tuple[str, ...]:
         """The zone-relative folders that hold a committed partition's files (the raw CSVs included)."""

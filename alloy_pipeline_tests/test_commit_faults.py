@@ -28,7 +28,7 @@ import pytest
 from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import ConcurrentCommitError
-from alloy_pipeline.lake import PENDING, STAGING, LakeResource, RawManifest, TableOutput
+from alloy_pipeline.lake import PENDING, RAW, STAGING, LakeResource, RawManifest, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
 from alloy_pipeline.zone import Zone
@@ -105,7 +105,7 @@ def glue(aws: str) -> CatalogResource:
 
 
 def publisher(lake: LakeResource, catalog: CatalogResource, spark) -> Publisher:
-    return Publisher(lake, catalog, spark, "raw", QUERY, logging.getLogger("test"))
+    return Publisher(lake, catalog, spark, RAW, QUERY, logging.getLogger("test"))
 
 
 def publish_version(pub: Publisher, label: str) -> RawManifest:
@@ -127,7 +127,7 @@ def publish_version(pub: Publisher, label: str) -> RawManifest:
         main_table="jobs",
         tables={
             table: TableOutput(
-                path=zone.uri_of(lake.raw_table_dir(QUERY, table, DAY, commit.version)),
+                path=zone.uri_of(RAW.table_dir(QUERY, table, DAY, commit.version)),
                 rows=1,
                 column_types=(("item_id", "string"),),
             )
@@ -135,7 +135,7 @@ def publish_version(pub: Publisher, label: str) -> RawManifest:
         },
     )
     moves = {f"{commit.staging}/csv": lake.landing_dir(QUERY, DAY, commit.version)} | {
-        f"{commit.staging}/parquet/{table}": lake.raw_table_dir(QUERY, table, DAY, commit.version) for table in TABLES
+        f"{commit.staging}/parquet/{table}": RAW.table_dir(QUERY, table, DAY, commit.version) for table in TABLES
     }
     pub.publish(commit, manifest, moves)
     return manifest
@@ -159,7 +159,7 @@ def assert_whole(lake: LakeResource, manifest: RawManifest, label: str) -> None:
 def versions_on_disk(lake: LakeResource) -> set[str]:
     zone = lake.raw
     folders = [lake.landing_dir(QUERY, DAY)] + [
-        lake.raw_table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES
+        RAW.table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES
     ]
     return {name for folder in folders for name in zone.list_names(folder)}
 
@@ -222,7 +222,7 @@ def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothin
     fast = publish_version(pub, "fast")
     lake.raw.write_text(f"{slow.staging}/parquet/jobs/part-0.parquet", "jobs slow")
     with pytest.raises(ConcurrentCommitError, match=f"partition {DAY.key}.*another run committed"):
-        slow.apply("{}", {f"{slow.staging}/parquet/jobs": lake.raw_table_dir(QUERY, "jobs", DAY, slow.version)}, ())
+        slow.apply("{}", {f"{slow.staging}/parquet/jobs": RAW.table_dir(QUERY, "jobs", DAY, slow.version)}, ())
     assert lake.raw_manifests(QUERY) == [fast]
     assert_whole(lake, fast, "fast")
 
@@ -326,7 +326,7 @@ def test_a_snapshot_run_killed_mid_commit_keeps_the_day(jobs: Pipeline, tmp_path
 
 def test_a_damaged_manifest_is_named_and_rerunning_its_day_repairs_it(jobs: Pipeline) -> None:
     jobs.run(DAY.key, group="alloy_raw")
-    damaged = local(jobs.lake.raw.uri_of(jobs.lake.raw_manifest_path(QUERY, DAY)))
+    damaged = local(jobs.lake.raw.uri_of(RAW.manifest_path(QUERY, DAY)))
     damaged.write_text('{"query": "dw_contai')
 
     result = jobs.run("2024-03-02", group="alloy_raw", raise_on_error=False)
@@ -355,7 +355,7 @@ def test_a_lake_written_before_versions_is_read_and_replaced_cleanly(jobs: Pipel
         )
         legacy_tables[table] = entry.model_copy(update={"path": entry.path.rsplit("/", 1)[0]})
     legacy = manifest.model_copy(update={"version": None, "tables": legacy_tables})
-    local(jobs.lake.raw.uri_of(jobs.lake.raw_manifest_path(QUERY, DAY))).write_text(legacy.model_dump_json())
+    local(jobs.lake.raw.uri_of(RAW.manifest_path(QUERY, DAY))).write_text(legacy.model_dump_json())
 
     jobs.run(DAY.key, group="alloy_snapshot")
     snapshot = jobs.snapshot_manifest(QUERY, DAY.key)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from alloy_pipeline.lake import LakeResource, ManifestError, RawManifest
+from alloy_pipeline.lake import RAW, LakeResource, ManifestError, RawManifest
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.zone import Zone
 
@@ -68,14 +68,14 @@ def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) ->
         main_table="jobs",
         tables={},
     )
-    folder = lake.raw_manifest_path("jobs", day).rsplit("/", 1)[0]
-    lake.raw.write_text(lake.raw_manifest_path("jobs", day), manifest.model_dump_json())
+    folder = RAW.manifest_folder("jobs")
+    lake.raw.write_text(RAW.manifest_path("jobs", day), manifest.model_dump_json())
     for stray in ("20240301.json.tmp", ".20240301.json.1234.tmp", "notes.txt", "20240302.json~"):
         lake.raw.write_text(f"{folder}/{stray}", "not a manifest")
     assert lake.raw_manifests("jobs") == [manifest]
 
     damaged = Day.from_key("2024-03-02")
-    lake.raw.write_text(lake.raw_manifest_path("jobs", damaged), '{"query": "jo')
+    lake.raw.write_text(RAW.manifest_path("jobs", damaged), '{"query": "jo')
     with pytest.raises(ManifestError, match=r"20240302\.json.*re-run partition 2024-03-02"):
         lake.raw_manifests("jobs")
     assert lake.raw_manifests("jobs", replacing=(damaged,)) == [manifest], "the run replacing it reads past it"

@@ -11,18 +11,15 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import dagster as dg
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import PartitionCommit, PendingCommit, recover
-from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest
+from alloy_pipeline.lake import LakeResource, Layer, RawManifest, SnapshotManifest
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.zone import Zone
-
-Layer = Literal["raw", "refined"]
 
 
 @dataclass(frozen=True)
@@ -38,21 +35,10 @@ class Publisher:
 
     @property
     def zone(self) -> Zone:
-        return self.lake.raw if self.layer == "raw" else self.lake.refined
-
-    def _manifest_path(self, day: Day) -> str:
-        if self.layer == "raw":
-            return self.lake.raw_manifest_path(self.query, day)
-        return self.lake.snapshot_manifest_path(self.query, day)
+        return self.lake.zone(self.layer)
 
     def _manifest(self, text: str) -> RawManifest | SnapshotManifest:
-        model = RawManifest if self.layer == "raw" else SnapshotManifest
-        return model.model_validate_json(text)
-
-    def _table_root(self, table: str) -> str:
-        if self.layer == "raw":
-            return self.lake.raw_table_root(self.query, table)
-        return self.lake.snapshot_table_root(self.query, table)
+        return self.layer.manifest_model.model_validate_json(text)
 
     def recover(self) -> None:
         """Finish or undo this query's commits that stopped half-way (see `commit.recover`)."""
@@ -71,7 +57,7 @@ class Publisher:
 
     def begin(self, day: Day, run_id: str) -> PartitionCommit:
         """Start replacing `day`: stage under `.staging`, name folders after `.version`."""
-        return PartitionCommit.begin(self.zone, self.query, day, run_id, self._manifest_path(day))
+        return PartitionCommit.begin(self.zone, self.query, day, run_id, self.layer.manifest_path(self.query, day))
 
     def register(self, manifest: RawManifest | SnapshotManifest) -> None:
         self.catalog.register_tables(
@@ -80,7 +66,7 @@ class Publisher:
             self.query,
             Day(manifest.day),
             manifest.tables,
-            root=lambda table: self.zone.uri_of(self._table_root(table)),
+            root=lambda table: self.zone.uri_of(self.layer.table_root(self.query, table)),
         )
 
     def publish(

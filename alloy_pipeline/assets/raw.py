@@ -22,7 +22,7 @@ from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.columns import name_columns, read_header
 from alloy_pipeline.frames import conform_csv
-from alloy_pipeline.lake import LakeResource, RawManifest, TableOutput
+from alloy_pipeline.lake import RAW, LakeResource, RawManifest, TableOutput
 from alloy_pipeline.naming import raw_key, table_slug
 from alloy_pipeline.partitions import Day
 
@@ -124,7 +124,7 @@ def convert_tables(
                 f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}"
             ) from error
         outputs[table] = TableOutput(
-            path=zone.uri_of(lake.raw_table_dir(query, table, day, version)),
+            path=zone.uri_of(RAW.table_dir(query, table, day, version)),
             rows=rows,
             column_types=tuple(conformed.dtypes),
             source_file=csv_file.name,
@@ -156,7 +156,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         pyspark: PySparkResource,
     ) -> dg.MaterializeResult:
         day = Day.from_key(context.partition_key)
-        publisher = Publisher(lake, catalog, pyspark.spark_session, "raw", query.slug, context.log)
+        publisher = Publisher(lake, catalog, pyspark.spark_session, RAW, query.slug, context.log)
         publisher.recover()
         watermark = (
             None
@@ -205,14 +205,14 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
             tables=outputs,
         )
         moves = {f"{commit.staging}/csv": lake.landing_dir(query.slug, day, commit.version)} | {
-            f"{commit.staging}/parquet/{table}": lake.raw_table_dir(query.slug, table, day, commit.version)
+            f"{commit.staging}/parquet/{table}": RAW.table_dir(query.slug, table, day, commit.version)
             for table in outputs
         }
         publisher.publish(commit, manifest, moves)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": outputs[main_table].rows,
-                "dagster/table_name": catalog.table_name("raw", query.slug, main_table),
+                "dagster/table_name": catalog.table_name(RAW, query.slug, main_table),
                 "dagster/column_schema": table_schema(outputs[main_table]),
                 "extract_kind": manifest.kind,
                 "watermark": watermark.isoformat() if watermark else "none (full extract)",

@@ -19,7 +19,7 @@ from alloy_pipeline.assets.metadata import preview, table_schema
 from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.frames import rename_columns, stamp_columns
-from alloy_pipeline.lake import LakeResource, SnapshotManifest, SnapshotTable
+from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import Day
@@ -90,7 +90,7 @@ class SnapshotStep:
 
     @property
     def publisher(self) -> Publisher:
-        return Publisher(self.lake, self.catalog, self.spark, "refined", self.query, self.log)
+        return Publisher(self.lake, self.catalog, self.spark, REFINED, self.query, self.log)
 
 
 @dataclass(frozen=True)
@@ -134,14 +134,14 @@ def _write_and_publish(
     step: SnapshotStep, plan: SnapshotPlan, main_table: str, staged: dict[str, StagedTable], keys: RawKeys
 ) -> tuple[SnapshotManifest, MergeCounts]:
     """Write every table under staging, then publish the day as a new version of it."""
-    lake, day, zone = step.lake, plan.day, step.lake.refined
+    day, zone = plan.day, step.lake.refined
     commit = step.publisher.begin(day, step.run_id)
     try:
         tables: dict[str, SnapshotTable] = {}
         for table, entry in staged.items():
             entry.frame.write.mode("overwrite").parquet(zone.uri_of(f"{commit.staging}/{table}"))
             tables[table] = SnapshotTable(
-                path=zone.uri_of(lake.snapshot_table_dir(step.query, table, day, commit.version)),
+                path=zone.uri_of(REFINED.table_dir(step.query, table, day, commit.version)),
                 rows=entry.origin.get["rows"],
                 column_types=tuple(entry.frame.dtypes),
                 mapping_source=entry.mapping_source,
@@ -172,10 +172,7 @@ def _write_and_publish(
     step.publisher.publish(
         commit,
         manifest,
-        {
-            f"{commit.staging}/{table}": lake.snapshot_table_dir(step.query, table, day, commit.version)
-            for table in tables
-        },
+        {f"{commit.staging}/{table}": REFINED.table_dir(step.query, table, day, commit.version) for table in tables},
     )
     return manifest, counts
 
@@ -189,7 +186,7 @@ def _materialization_metadata(
     return {
         "dagster/row_count": main.rows,
         "dagster/column_schema": table_schema(main),
-        "dagster/table_name": step.catalog.table_name("refined", step.query, manifest.main_table),
+        "dagster/table_name": step.catalog.table_name(REFINED, step.query, manifest.main_table),
         "path": dg.MetadataValue.path(main.path),
         "rows": dg.MetadataValue.json({table: entry.rows for table, entry in tables.items()}),
         "paths": dg.MetadataValue.json({table: entry.path for table, entry in tables.items()}),
