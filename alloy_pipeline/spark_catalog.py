@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 from alloy_pipeline.registration import Registration
@@ -44,7 +43,7 @@ def column_statements(registration: Registration, existing_columns: Sequence[str
 
 
 def partition_statements(registration: Registration) -> tuple[str, str]:
-    """DDL that adds the partition at this version's folder, and that moves an existing one there.
+    """DDL that adds the partition at this version's folder if it is new, then points it there.
 
     Moving a partition is one metastore update, so a reader by table name sees the old version or
     the new one, never a mix.
@@ -55,7 +54,7 @@ def partition_statements(registration: Registration) -> tuple[str, str]:
     )
     location = _literal(registration.partition_location)
     return (
-        f"ALTER TABLE {_name(registration)} ADD PARTITION ({spec}) LOCATION {location}",
+        f"ALTER TABLE {_name(registration)} ADD IF NOT EXISTS PARTITION ({spec}) LOCATION {location}",
         f"ALTER TABLE {_name(registration)} PARTITION ({spec}) SET LOCATION {location}",
     )
 
@@ -65,12 +64,13 @@ def _name(registration: Registration) -> str:
 
 
 def _columns(spark: SparkSession, registration: Registration) -> list[str] | None:
-    try:
-        return spark.table(registration.qualified_name).columns
-    except AnalysisException as error:
-        if error.getCondition() != "TABLE_OR_VIEW_NOT_FOUND":
-            raise
+    """The table's columns, or None when it does not exist.
+
+    Asked without provoking an error: Spark Connect logs every failed call at ERROR level.
+    """
+    if not spark.catalog.tableExists(registration.qualified_name):
         return None
+    return spark.table(registration.qualified_name).columns
 
 
 def register_in_session(
@@ -78,10 +78,9 @@ def register_in_session(
 ) -> list[str]:
     """Register through a Spark session's own catalog (a cluster's, or the local metastore); idempotent.
 
-    Each statement is a round trip to the metastore, so the common cases take the fewest: a table
-    that exists costs a column lookup (none when `known_columns`, from an earlier registration in
-    this step, are given), and a new partition a single `ADD PARTITION`. Returns the table's
-    columns after this registration.
+    Each statement is a round trip to the metastore: a table that exists costs a lookup of its
+    columns (none when `known_columns`, from an earlier registration in this step, are given).
+    Returns the table's columns after this registration.
     """
     columns = list(known_columns) if known_columns is not None else _columns(spark, registration)
     if columns is None:
@@ -90,12 +89,7 @@ def register_in_session(
         columns = [name for name, _ in registration.columns]
     for statement in column_statements(registration, columns):
         spark.sql(statement)
-    add, move = partition_statements(registration)
-    try:
-        spark.sql(add)
-    except AnalysisException as error:
-        if error.getCondition() != "PARTITIONS_ALREADY_EXIST":
-            raise
-        spark.sql(move)
+    for statement in partition_statements(registration):
+        spark.sql(statement)
     known = {column.lower() for column in columns}
     return [*columns, *(name for name, _ in registration.data_columns if name.lower() not in known)]

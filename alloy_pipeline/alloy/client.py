@@ -378,9 +378,12 @@ class AlloyResource(dg.ConfigurableResource):
         default=None,
         description="AWS Secrets Manager id of the key (ALLOY_API_KEY_SECRET_ID), used when api_key is unset.",
     )
-    secrets: SecretsManagerResource = Field(
-        default_factory=SecretsManagerResource,
-        description="Secrets Manager access for api_key_secret_id (default: the AWS environment).",
+    secrets: SecretsManagerResource | None = Field(
+        default=None,
+        description=(
+            "Secrets Manager access for api_key_secret_id (default: the AWS environment). Created only when "
+            "needed: dagster-aws marks it beta, and building it would warn on every load of the code location."
+        ),
     )
     poll_initial_seconds: float = Field(
         default=PollPolicy.initial_seconds, gt=0, description="First delay between task polls."
@@ -418,7 +421,8 @@ class AlloyResource(dg.ConfigurableResource):
         if self.api_key and self.api_key.strip():
             return self.api_key
         if self.api_key_secret_id:
-            secret = self.secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
+            secrets = self.secrets or SecretsManagerResource()
+            secret = secrets.get_client().get_secret_value(SecretId=self.api_key_secret_id)
             return secret["SecretString"]
         raise AlloyError("no Alloy API key configured: set ALLOY_API_KEY or ALLOY_API_KEY_SECRET_ID")
 
