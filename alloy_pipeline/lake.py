@@ -160,10 +160,6 @@ class LakeResource(dg.ConfigurableResource):
         folder = f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
         return f"{folder}/{version}" if version else folder
 
-    @staticmethod
-    def staging_dir(query: str, version: str) -> str:
-        return f"{STAGING}/{query}/{version}"
-
     def zone(self, layer: Layer) -> Zone:
         return self.raw if layer is RAW else self.refined
 
