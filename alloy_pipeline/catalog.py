@@ -27,7 +27,7 @@ from alloy_pipeline.glue_catalog import GlueResource, register_in_glue, registra
 from alloy_pipeline.lake import RAW, REFINED, Layer, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.registration import Registration
-from alloy_pipeline.spark_catalog import register_in_session
+from alloy_pipeline.spark_catalog import KnownTable, register_in_session
 
 
 class CatalogError(RuntimeError):
@@ -52,8 +52,8 @@ class CatalogResource(dg.ConfigurableResource):
         default_factory=GlueResource, description="The Glue client's AWS settings, used when backend is glue."
     )
 
-    _columns: dict[str, list[str]] = PrivateAttr(default_factory=dict)
-    """Columns of the tables this step registered, by table: later days skip the DDL that creates them."""
+    _known: dict[str, KnownTable] = PrivateAttr(default_factory=dict)
+    """The tables this step registered in, by name: later days skip the lookups."""
 
     def register(self, spark: SparkSession, registrations: Sequence[Registration]) -> None:
         """Register partitions; a refusal is a CatalogError that says the data is in place."""
@@ -64,11 +64,11 @@ class CatalogResource(dg.ConfigurableResource):
                 for registration in registrations:
                     register_in_glue(client, registration)
             else:
-                if not self._columns:
+                if not self._known:
                     _warn_if_ephemeral(spark)
                 for registration in registrations:
                     name = registration.qualified_name
-                    self._columns[name] = register_in_session(spark, registration, self._columns.get(name))
+                    self._known[name] = register_in_session(spark, registration, self._known.get(name))
         except Exception as error:
             raise CatalogError(
                 f"registering {names} in the {self.backend} catalog failed ({error}); the data is committed "

@@ -21,6 +21,7 @@ from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import RAW, REFINED, LakeResource
 from alloy_pipeline.partitions import LONDON, Day
 from alloy_pipeline.spark import connected
+from alloy_pipeline.tables import read_table
 
 DEMO_API_KEY = "demo-key"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -83,7 +84,7 @@ def _snapshot_rows(spark: SparkSession, lake: LakeResource, queries: list[str], 
         for manifest in lake.snapshot_manifests(query):
             if manifest.day.isoformat() in days:
                 for table, entry in manifest.tables.items():
-                    frame = spark.read.parquet(entry.path)
+                    frame = read_table(spark, entry)
                     rows[(query, table, manifest.day)] = sorted(map(str, frame.collect()))
     return rows
 

@@ -49,8 +49,12 @@ def conform_csv(frame: DataFrame, columns: list[str], stamp: dict[str, str | dat
 
 
 def drop_root_items(current: DataFrame, changed: DataFrame, key: str) -> DataFrame:
-    """Rows of `current` whose `key` is not among `changed`'s `item_id`s, columns in place."""
-    changed_keys = F.broadcast(changed.select(F.col("item_id").alias("_changed_root")).distinct())
+    """Rows of `current` whose `key` is not among `changed`'s `item_id`s, columns in place.
+
+    `changed` may repeat an id: an anti-join only asks whether one matches, so making them
+    distinct first would cost a shuffle for nothing.
+    """
+    changed_keys = F.broadcast(changed.select(F.col("item_id").alias("_changed_root")))
     return current.join(changed_keys, current[key] == changed_keys["_changed_root"], how="left_anti")
 
 

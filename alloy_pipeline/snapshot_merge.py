@@ -11,9 +11,10 @@ from pyspark.sql import functions as F
 
 from alloy_pipeline.columns import SNAPSHOT_COLUMNS
 from alloy_pipeline.frames import drop_root_items, rename_columns, upsert_root_items
-from alloy_pipeline.lake import SnapshotTable
+from alloy_pipeline.lake import SnapshotTable, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.snapshot_plan import SnapshotError, SnapshotPlan
+from alloy_pipeline.tables import read_table
 
 ITEM_ID = "item_id"
 PRIMARY_ITEM = "primary_item"
@@ -34,15 +35,15 @@ def _key_of(table: str, main_table: str) -> str:
     return ITEM_ID if table == main_table else PRIMARY_ITEM
 
 
-def _require_column(frame: DataFrame, column: str, where: str) -> None:
-    if column not in frame.columns:
-        raise SnapshotError(f"{where} has no '{column}' column (columns: {', '.join(frame.columns)})")
+def _require_column(entry: TableOutput, column: str, where: str) -> None:
+    if column not in entry.columns:
+        raise SnapshotError(f"{where} has no '{column}' column (columns: {', '.join(entry.columns)})")
 
 
 def _read_snapshot_table(spark: SparkSession, entry: SnapshotTable) -> DataFrame:
     """A stored snapshot table under its raw column names, so newer raw partitions line up."""
     return rename_columns(
-        spark.read.parquet(entry.path).drop(*SNAPSHOT_COLUMNS), {new: old for old, new in entry.renames.items()}
+        read_table(spark, entry).drop(*SNAPSHOT_COLUMNS), {new: old for old, new in entry.renames.items()}
     )
 
 
@@ -54,10 +55,10 @@ def merge_tables(spark: SparkSession, query: str, plan: SnapshotPlan) -> tuple[s
     main_table = plan.base.main_table if plan.base else plan.raws[0].main_table
     for raw in plan.raws:
         where = f"query {query}, raw partition {raw.day}"
-        increment = {table: spark.read.parquet(entry.path) for table, entry in raw.tables.items()}
         main_table = raw.main_table
-        for table, frame in increment.items():
-            _require_column(frame, _key_of(table, main_table), f"{where}, table {table}")
+        for table, entry in raw.tables.items():
+            _require_column(entry, _key_of(table, main_table), f"{where}, table {table}")
+        increment = {table: read_table(spark, entry) for table, entry in raw.tables.items()}
         if raw.kind == "full":
             tables = increment
             continue
@@ -80,7 +81,7 @@ def _raw_main_ids(spark: SparkSession, plan: SnapshotPlan) -> DataFrame:
     """`(import_date, item_id)` of every row in the plan's raw main tables."""
     return reduce(
         DataFrame.unionByName,
-        (spark.read.parquet(raw.tables[raw.main_table].path).select("import_date", ITEM_ID) for raw in plan.raws),
+        (read_table(spark, raw.tables[raw.main_table]).select("import_date", ITEM_ID) for raw in plan.raws),
     )
 
 
@@ -124,9 +125,9 @@ def inspect_raw_keys(spark: SparkSession, plan: SnapshotPlan) -> RawKeys:
         .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("import_date").alias("days"))
     )
     repeated = F.col("rows") > F.col("days")
-    totals = per_item.agg(
+    [totals] = per_item.agg(
         F.count(F.lit(1)).alias("touched"), F.coalesce(F.sum(repeated.cast("long")), F.lit(0)).alias("duplicated")
-    ).first()
+    ).collect()
     examples = (
         tuple(row[ITEM_ID] for row in per_item.where(repeated).limit(5).collect()) if totals["duplicated"] else ()
     )

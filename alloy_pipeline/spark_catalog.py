@@ -8,6 +8,8 @@ Databricks). Registration therefore costs a few statements, never a process of i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from pyspark.sql import SparkSession
 
@@ -42,54 +44,72 @@ def column_statements(registration: Registration, existing_columns: Sequence[str
     return [f"ALTER TABLE {_name(registration)} ADD COLUMNS ({', '.join(added)})"] if added else []
 
 
-def partition_statements(registration: Registration) -> tuple[str, str]:
-    """DDL that adds the partition at this version's folder if it is new, then points it there.
+def _partition_spec(registration: Registration) -> str:
+    return ", ".join(
+        f"{_quote(key)} = {_literal(value)}"
+        for key, value in zip(registration.partition_keys, registration.partition_values, strict=True)
+    )
+
+
+def partition_statement(registration: Registration, exists: bool) -> str:
+    """DDL that adds the partition at this version's folder, or points the existing one there.
 
     Moving a partition is one metastore update, so a reader by table name sees the old version or
     the new one, never a mix.
     """
-    spec = ", ".join(
-        f"{_quote(key)} = {_literal(value)}"
-        for key, value in zip(registration.partition_keys, registration.partition_values, strict=True)
-    )
     location = _literal(registration.partition_location)
-    return (
-        f"ALTER TABLE {_name(registration)} ADD IF NOT EXISTS PARTITION ({spec}) LOCATION {location}",
-        f"ALTER TABLE {_name(registration)} PARTITION ({spec}) SET LOCATION {location}",
-    )
+    if exists:
+        return f"ALTER TABLE {_name(registration)} PARTITION ({_partition_spec(registration)}) SET LOCATION {location}"
+    return f"ALTER TABLE {_name(registration)} ADD PARTITION ({_partition_spec(registration)}) LOCATION {location}"
 
 
 def _name(registration: Registration) -> str:
     return f"{_quote(registration.database)}.{_quote(registration.table)}"
 
 
-def _columns(spark: SparkSession, registration: Registration) -> list[str] | None:
-    """The table's columns, or None when it does not exist.
+@dataclass
+class KnownTable:
+    """What a step learned of a table it registers in, so its later days skip the lookups."""
+
+    columns: list[str]
+    partitions: set[tuple[str, ...]] = field(default_factory=set)
+
+
+def _partition_values(line: str) -> tuple[str, ...]:
+    """The values of a `SHOW PARTITIONS` line (`k1=v1/k2=v2`, each value path-escaped)."""
+    return tuple(unquote(part.split("=", 1)[1]) for part in line.split("/"))
+
+
+def _lookup(spark: SparkSession, registration: Registration) -> KnownTable | None:
+    """The table's columns and partitions, or None when it does not exist.
 
     Asked without provoking an error: Spark Connect logs every failed call at ERROR level.
     """
-    if not spark.catalog.tableExists(registration.qualified_name):
+    name = registration.qualified_name
+    if not spark.catalog.tableExists(name):
         return None
-    return spark.table(registration.qualified_name).columns
+    partitions = {_partition_values(row[0]) for row in spark.sql(f"SHOW PARTITIONS {_name(registration)}").collect()}
+    return KnownTable(columns=spark.table(name).columns, partitions=partitions)
 
 
-def register_in_session(
-    spark: SparkSession, registration: Registration, known_columns: Sequence[str] | None = None
-) -> list[str]:
+def register_in_session(spark: SparkSession, registration: Registration, known: KnownTable | None = None) -> KnownTable:
     """Register through a Spark session's own catalog (a cluster's, or the local metastore); idempotent.
 
-    Each statement is a round trip to the metastore: a table that exists costs a lookup of its
-    columns (none when `known_columns`, from an earlier registration in this step, are given).
-    Returns the table's columns after this registration.
+    Each statement is a round trip to the metastore. A table that exists costs a lookup of its
+    columns and partitions, unless `known` from an earlier registration in this step is given;
+    then a day costs one statement, or two when it brings new columns. Returns what is known of
+    the table after this registration.
     """
-    columns = list(known_columns) if known_columns is not None else _columns(spark, registration)
-    if columns is None:
+    table = known or _lookup(spark, registration)
+    if table is None:
         for statement in create_statements(registration):
             spark.sql(statement)
-        columns = [name for name, _ in registration.columns]
-    for statement in column_statements(registration, columns):
+        table = KnownTable(columns=[name for name, _ in registration.columns])
+    for statement in column_statements(registration, table.columns):
         spark.sql(statement)
-    for statement in partition_statements(registration):
-        spark.sql(statement)
-    known = {column.lower() for column in columns}
-    return [*columns, *(name for name, _ in registration.data_columns if name.lower() not in known)]
+    exists = registration.partition_values in table.partitions
+    spark.sql(partition_statement(registration, exists))
+    known_columns = {column.lower() for column in table.columns}
+    table.columns += [name for name, _ in registration.data_columns if name.lower() not in known_columns]
+    table.partitions.add(registration.partition_values)
+    return table

@@ -32,6 +32,7 @@ from alloy_pipeline.snapshot_merge import (
     observe_origin,
 )
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
+from alloy_pipeline.tables import read_table
 
 
 def _unique_check(keys: RawKeys) -> dg.AssetCheckResult:
@@ -199,7 +200,7 @@ def _materialization_metadata(
         "mappings": dg.MetadataValue.json(
             {table: entry.mapping_source for table, entry in tables.items() if entry.mapping_source}
         ),
-        "preview": preview(step.spark.read.parquet(main.path), main),
+        "preview": preview(read_table(step.spark, main), main),
     }
 
 
