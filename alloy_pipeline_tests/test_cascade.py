@@ -12,14 +12,14 @@ from alloy_pipeline.naming import snapshot_key
 from alloy_pipeline_tests.harness import Pipeline
 
 QUERY = "dw_container_job"
-DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04", "2024-03-05"]
+DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
 CHECK = "built_on_current_inputs"
 START, END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @pytest.fixture
 def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Pipeline:
-    """Five days of one query, Alloy changing between them, then raw day 2 re-extracted with other data."""
+    """Four days of one query, Alloy changing between them, then raw day 2 re-extracted with other data."""
     pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"])
     for number, day in enumerate(DAYS):
         if number:
@@ -73,7 +73,7 @@ def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixe
 
     result = evaluate(jobs)
     flagged = flags(result)
-    assert sorted(flagged) == DAYS[1:], "day 2 was built on the old raw day 2, days 3 to 5 on day 2"
+    assert sorted(flagged) == DAYS[1:], "day 2 was built on the old raw day 2, the days after it on day 2"
     assert all(flag.check_name == CHECK and not flag.passed for flag in flagged.values())
     assert "raw partition 2024-03-02" in " ".join(flagged[DAYS[1]].metadata["changes"].value)
     assert "base snapshot 2024-03-02 is itself out of date" in flagged[DAYS[2]].metadata["changes"].value
@@ -97,7 +97,7 @@ def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixe
     rebuilt = [event.partition for event in cascade.get_asset_materialization_events()]
     assert rebuilt == DAYS[1:], "each later day once, in date order"
     evaluations = [e for e in cascade.get_asset_check_evaluations() if e.check_name == CHECK]
-    assert len(evaluations) == 4 and all(evaluation.passed for evaluation in evaluations)
+    assert len(evaluations) == len(DAYS[1:]) and all(evaluation.passed for evaluation in evaluations)
 
     assert set(check_status(jobs).values()) == {"SUCCEEDED"}
 

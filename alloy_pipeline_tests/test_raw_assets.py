@@ -5,9 +5,13 @@ import datetime as dt
 from pathlib import Path
 
 import boto3
+import pytest
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault, demo_dataset
+from alloy_pipeline.assets.raw import convert_tables, import_stamp
+from alloy_pipeline.lake import LakeResource
 from alloy_pipeline.naming import raw_key
+from alloy_pipeline.partitions import Day
 from alloy_pipeline_tests.harness import API_KEY, RUN_TIME_COLUMNS, Pipeline, failure_text, rows_of
 
 GRAFFITI = "designs_graffitiReport"
@@ -167,3 +171,22 @@ def test_api_key_from_secrets_manager(pipeline: Pipeline, aws: str) -> None:
     for written in pipeline.root.rglob("*"):
         if written.is_file():
             assert API_KEY.encode() not in written.read_bytes(), f"the key leaked into {written}"
+
+
+@pytest.mark.parametrize("row", ["1,first,extra", "1"])
+def test_a_row_wider_or_narrower_than_its_header_fails_naming_the_file(spark, tmp_path: Path, row: str) -> None:
+    export = tmp_path / "Odd Export.csv"
+    export.write_text(f"Item ID,Title\n2,second\n{row}\n")
+    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
+    day = Day.from_key("2024-03-01")
+    with pytest.raises(RuntimeError, match="query odd, partition 2024-03-01: converting Odd Export.csv failed"):
+        convert_tables(
+            spark,
+            lake,
+            query="odd",
+            day=day,
+            version="v1",
+            tables={"odd_export": export},
+            stamp=import_stamp(day, dt.datetime(2024, 3, 1, 6, tzinfo=dt.UTC)),
+            staging="staging",
+        )

@@ -14,6 +14,7 @@ from dagster_pyspark import PySparkResource
 from pydantic import Field
 from pyspark.sql import Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from alloy_pipeline.alloy.client import AlloyResource, Export
 from alloy_pipeline.aqs import AqsQuery
@@ -80,6 +81,12 @@ def _tables_by_slug(query: AqsQuery, export: Export) -> dict[str, Path]:
     return tables
 
 
+def text_columns(count: int) -> StructType:
+    """`count` string columns, named by position: the header is read in Python (`read_header`),
+    so Spark need not run a job to read it, and a row of another width fails the read."""
+    return StructType([StructField(f"_c{index}", StringType()) for index in range(count)])
+
+
 def convert_tables(
     spark: SparkSession,
     lake: LakeResource,
@@ -104,12 +111,12 @@ def convert_tables(
             names = name_columns(read_header(csv_file))
             frame = spark.read.csv(
                 zone.uri_of(landed),
+                schema=text_columns(len(names.columns)),
                 header=True,
                 multiLine=True,
                 quote='"',
                 escape='"',
                 encoding="UTF-8",
-                inferSchema=False,
                 mode="FAILFAST",
             )
             parquet = f"{staging}/parquet/{table}"
