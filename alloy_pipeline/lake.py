@@ -38,6 +38,12 @@ class ManifestError(RuntimeError):
     """A manifest file the pipeline cannot read; the message names it and how to repair it."""
 
 
+def landing_dir(query: str, day: Day, version: str | None = None) -> str:
+    """Where a raw partition's CSVs land as received: the day's folder, or one version in it."""
+    folder = f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
+    return f"{folder}/{version}" if version else folder
+
+
 class TableOutput(BaseModel):
     """One table of a partition: where its parquet is and what it holds."""
 
@@ -72,6 +78,11 @@ class RawManifest(BaseModel):
     main_table: str
     tables: dict[str, TableOutput]
 
+    def data_dirs(self, zone: Zone) -> tuple[str, ...]:
+        """The zone-relative folders that hold this partition's files: its tables and its CSVs."""
+        tables = tuple(zone.relative_of(entry.path) for entry in self.tables.values())
+        return (*tables, landing_dir(self.query, Day(self.day), self.version))
+
 
 class SnapshotTable(TableOutput):
     """A snapshot table, with the renames that were applied to it (raw name → stored name)."""
@@ -100,6 +111,10 @@ class SnapshotManifest(BaseModel):
     tables: dict[str, SnapshotTable]
     inputs: Lineage | None = None
     """The versions this snapshot was built on; None for a snapshot written before lineage."""
+
+    def data_dirs(self, zone: Zone) -> tuple[str, ...]:
+        """The zone-relative folders that hold this partition's files: its tables."""
+        return tuple(zone.relative_of(entry.path) for entry in self.tables.values())
 
 
 @dataclass(frozen=True)
@@ -155,11 +170,6 @@ class LakeResource(dg.ConfigurableResource):
     def refined(self) -> Zone:
         return Zone.parse(self.refined_zone)
 
-    @staticmethod
-    def landing_dir(query: str, day: Day, version: str | None = None) -> str:
-        folder = f"{RAW_DOWNLOADS}/{query}/{day.segments('import')}"
-        return f"{folder}/{version}" if version else folder
-
     def zone(self, layer: Layer) -> Zone:
         return self.raw if layer is RAW else self.refined
 
@@ -170,14 +180,6 @@ class LakeResource(dg.ConfigurableResource):
     def snapshot_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[SnapshotManifest]:
         """Every committed snapshot partition of `query`, oldest first; see `read_manifests`."""
         return read_manifests(self.refined, REFINED.manifest_folder(query), SnapshotManifest, replacing)
-
-    def data_dirs(self, manifest: RawManifest | SnapshotManifest) -> tuple[str, ...]:
-        """The zone-relative folders that hold a committed partition's files (the raw CSVs included)."""
-        zone = self.raw if isinstance(manifest, RawManifest) else self.refined
-        tables = tuple(zone.relative_of(entry.path) for entry in manifest.tables.values())
-        if isinstance(manifest, RawManifest):
-            return (*tables, self.landing_dir(manifest.query, Day(manifest.day), manifest.version))
-        return tables
 
 
 Manifest = TypeVar("Manifest", RawManifest, SnapshotManifest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import boto3
@@ -22,18 +23,44 @@ ENGINE_TIME_ZONE = "America/New_York"
 """The test engine's own default: every session must still work in UTC."""
 
 
-@pytest.fixture(scope="session")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineSettings]:
-    """The local engine, as `alloy-pipeline engine start` runs it, in a folder and on a port of its own."""
-    root = tmp_path_factory.mktemp("engine")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests without Spark first, in their order: they run while the engine starts."""
+    items.sort(key=lambda item: "engine" in item.fixturenames)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_starting(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Future[EngineSettings] | None]:
+    """The local engine, as `alloy-pipeline engine start` runs it, in a folder and on a port of its own,
+    started in the background as the session begins if any selected test needs it."""
+    if not any("engine" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     settings = EngineSettings.under(
-        root,
+        tmp_path_factory.mktemp("engine"),
         port=engines.free_port(),
         driver_memory="3g",
         extra_conf={"spark.sql.shuffle.partitions": "2", "spark.sql.session.timeZone": ENGINE_TIME_ZONE},
     )
-    with engines.running(settings):
-        yield settings
+
+    def start() -> EngineSettings:
+        engines.start(settings)
+        return settings
+
+    with ThreadPoolExecutor(max_workers=1) as starter:
+        started = starter.submit(start)
+        try:
+            yield started
+        finally:
+            started.exception()
+            engines.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def engine(engine_starting: Future[EngineSettings] | None) -> EngineSettings:
+    assert engine_starting is not None
+    return engine_starting.result()
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import pytest
 from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import ConcurrentCommitError
-from alloy_pipeline.lake import PENDING, RAW, STAGING, LakeResource, RawManifest, TableOutput
+from alloy_pipeline.lake import PENDING, RAW, STAGING, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
 from alloy_pipeline.zone import Zone
@@ -110,7 +110,7 @@ def publisher(lake: LakeResource, catalog: CatalogResource, spark) -> Publisher:
 
 def publish_version(pub: Publisher, label: str) -> RawManifest:
     """Stage both tables and the CSV, each file holding `label`, and publish them as a new version of DAY."""
-    lake, zone = pub.lake, pub.zone
+    zone = pub.zone
     commit = pub.begin(DAY, run_id=label)
     for table in TABLES:
         zone.write_text(f"{commit.staging}/parquet/{table}/part-0.parquet", f"{table} {label}")
@@ -134,7 +134,7 @@ def publish_version(pub: Publisher, label: str) -> RawManifest:
             for table in TABLES
         },
     )
-    moves = {f"{commit.staging}/csv": lake.landing_dir(QUERY, DAY, commit.version)} | {
+    moves = {f"{commit.staging}/csv": landing_dir(QUERY, DAY, commit.version)} | {
         f"{commit.staging}/parquet/{table}": RAW.table_dir(QUERY, table, DAY, commit.version) for table in TABLES
     }
     pub.publish(commit, manifest, moves)
@@ -153,14 +153,12 @@ def assert_whole(lake: LakeResource, manifest: RawManifest, label: str) -> None:
     zone = lake.raw
     for table, entry in manifest.tables.items():
         assert zone.read_text(f"{zone.relative_of(entry.path)}/part-0.parquet") == f"{table} {label}"
-    assert zone.read_text(f"{lake.landing_dir(QUERY, DAY, manifest.version)}/Jobs.csv") == f"csv {label}"
+    assert zone.read_text(f"{landing_dir(QUERY, DAY, manifest.version)}/Jobs.csv") == f"csv {label}"
 
 
 def versions_on_disk(lake: LakeResource) -> set[str]:
     zone = lake.raw
-    folders = [lake.landing_dir(QUERY, DAY)] + [
-        RAW.table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES
-    ]
+    folders = [landing_dir(QUERY, DAY)] + [RAW.table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES]
     return {name for folder in folders for name in zone.list_names(folder)}
 
 

@@ -53,7 +53,7 @@ class Publisher:
 
     def _committed_dirs(self, pending: PendingCommit) -> frozenset[str]:
         text = self.zone.read_text_if_exists(pending.manifest_path)
-        return frozenset(self.lake.data_dirs(self._manifest(text))) if text else frozenset()
+        return frozenset(self._manifest(text).data_dirs(self.zone)) if text else frozenset()
 
     def begin(self, day: Day, run_id: str) -> PartitionCommit:
         """Start replacing `day`: stage under `.staging`, name folders after `.version`."""
@@ -81,7 +81,7 @@ class Publisher:
         if commit.read is None:
             return ()
         try:
-            return self.lake.data_dirs(self._manifest(commit.read))
+            return self._manifest(commit.read).data_dirs(self.zone)
         except ValueError:
             self.log.warning(
                 f"{self.query} {commit.day.key}: the manifest being replaced cannot be read, so the folders of "

@@ -23,7 +23,7 @@ from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.columns import name_columns, read_header
 from alloy_pipeline.frames import conform_csv
-from alloy_pipeline.lake import RAW, LakeResource, RawManifest, TableOutput
+from alloy_pipeline.lake import RAW, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.naming import raw_key, table_slug
 from alloy_pipeline.partitions import Day
 
@@ -211,7 +211,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
             main_table=main_table,
             tables=outputs,
         )
-        moves = {f"{commit.staging}/csv": lake.landing_dir(query.slug, day, commit.version)} | {
+        moves = {f"{commit.staging}/csv": landing_dir(query.slug, day, commit.version)} | {
             f"{commit.staging}/parquet/{table}": RAW.table_dir(query.slug, table, day, commit.version)
             for table in outputs
         }
@@ -228,7 +228,7 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
                 "rows": dg.MetadataValue.json({table: output.rows for table, output in outputs.items()}),
                 "columns": dg.MetadataValue.json({table: list(output.columns) for table, output in outputs.items()}),
                 "paths": dg.MetadataValue.json({table: output.path for table, output in outputs.items()}),
-                "landed_csv": dg.MetadataValue.path(lake.raw.uri_of(lake.landing_dir(query.slug, day, commit.version))),
+                "landed_csv": dg.MetadataValue.path(lake.raw.uri_of(landing_dir(query.slug, day, commit.version))),
                 "archive_bytes": export.archive_bytes,
                 "wait_seconds": round(export.wait_seconds, 2),
                 "download_seconds": round(export.download_seconds, 2),
