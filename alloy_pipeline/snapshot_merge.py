@@ -115,23 +115,23 @@ def inspect_raw_keys(spark: SparkSession, plan: SnapshotPlan) -> RawKeys:
 
     The merge replaces every root item of a raw partition, and the base snapshot was checked when
     it was written, so the snapshot's keys are unique exactly when each raw main table's are:
-    checking the raws costs one pass over the day's changes instead of over the whole table.
+    checking the raws costs one pass over the day's changes instead of over the whole table. The
+    pass is one aggregate (rows, items, item-day pairs); only when rows outnumber pairs does a
+    second query name the repeated items.
     """
     if not plan.raws:
         return RawKeys(touched=0, duplicated=0, examples=())
-    per_item = (
-        _raw_main_ids(spark, plan)
-        .groupBy(ITEM_ID)
-        .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("import_date").alias("days"))
-    )
-    repeated = F.col("rows") > F.col("days")
-    [totals] = per_item.agg(
-        F.count(F.lit(1)).alias("touched"), F.coalesce(F.sum(repeated.cast("long")), F.lit(0)).alias("duplicated")
+    ids = _raw_main_ids(spark, plan)
+    [totals] = ids.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count_distinct(ITEM_ID).alias("touched"),
+        F.count_distinct("import_date", ITEM_ID).alias("pairs"),
     ).collect()
-    examples = (
-        tuple(row[ITEM_ID] for row in per_item.where(repeated).limit(5).collect()) if totals["duplicated"] else ()
-    )
-    return RawKeys(touched=totals["touched"], duplicated=totals["duplicated"], examples=examples)
+    if totals["rows"] == totals["pairs"]:
+        return RawKeys(touched=totals["touched"], duplicated=0, examples=())
+    repeated = ids.groupBy("import_date", ITEM_ID).count().where(F.col("count") > 1).select(ITEM_ID).distinct()
+    examples = tuple(row[ITEM_ID] for row in repeated.orderBy(ITEM_ID).limit(5).collect())
+    return RawKeys(touched=totals["touched"], duplicated=repeated.count(), examples=examples)
 
 
 def count_changes(spark: SparkSession, plan: SnapshotPlan, touched: int, rows: int, from_raws: int) -> MergeCounts:

@@ -36,7 +36,8 @@ LOCAL_SPARK_CONFIG: dict[str, str] = {
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def _on_loopback(remote: str) -> bool:
+def on_loopback(remote: str) -> bool:
+    """Whether a Spark Connect URL names this machine."""
     return urlsplit(remote.split(";", 1)[0]).hostname in LOOPBACK_HOSTS
 
 
@@ -51,7 +52,7 @@ def connect_session(remote: str) -> SparkSession:
     and a snapshot day runs a dozen operations, so its clients do without it.
     """
     session = SparkSession.builder.remote(remote).config(map=SESSION_SETTINGS).getOrCreate()
-    if _on_loopback(remote):
+    if on_loopback(remote):
         session.client.disable_reattachable_execute()
     return session
 

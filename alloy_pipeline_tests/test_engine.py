@@ -20,6 +20,7 @@ from alloy_pipeline import engine as engines
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
 from alloy_pipeline.engine import EngineError, EngineSettings
 from alloy_pipeline.lake import LakeResource
+from alloy_pipeline.spark import on_loopback
 from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE
 from alloy_pipeline_tests.harness import API_KEY, REPO, Pipeline
 
@@ -182,3 +183,17 @@ def test_start_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
         port = holder.getsockname()[1]
         with pytest.raises(EngineError, match=f"port {port} .* is taken by another program"):
             engines.start(EngineSettings(home=tmp_path, port=port))
+
+
+@pytest.mark.parametrize(
+    ("remote", "local"),
+    [
+        ("sc://127.0.0.1:15002", True),
+        ("sc://localhost:15002/;user_id=analyst", True),
+        ("sc://[::1]:15002", True),
+        ("sc://spark.council.example:443/;use_ssl=true;token=secret", False),
+        ("sc://10.0.0.7:15002", False),
+    ],
+)
+def test_only_clients_on_loopback_give_up_reattachable_execution(remote: str, local: bool) -> None:
+    assert on_loopback(remote) is local
