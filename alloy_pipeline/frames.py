@@ -75,7 +75,7 @@ def rename_columns(frame: DataFrame, renames: dict[str, str]) -> DataFrame:
     (`withColumnsRenamed` folds over the map) turns a swap `{a: b, b: a}` into two `a`s and a
     chain `{a: b, b: c}` into two `c`s.
     """
-    if not any(name in renames for name in frame.columns):
+    if not renames or not any(name in renames for name in frame.columns):
         return frame
     return frame.select(*(_column(name).alias(renames.get(name, name)) for name in frame.columns))
 

@@ -99,6 +99,7 @@ class StagedTable:
     """A merged table ready to write: stamped, renamed, and counting its rows while it is written."""
 
     frame: DataFrame
+    column_types: tuple[tuple[str, str], ...]
     origin: Observation
     renames: dict[str, str]
     mapping_source: str | None
@@ -114,16 +115,21 @@ class CommittedDay:
 
 
 def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, DataFrame]) -> dict[str, StagedTable]:
-    """Stamp each merged table with the day and rename it by its mapping file (read before any write)."""
+    """Stamp each merged table with the day and rename it by its mapping file (read before any write).
+
+    The schema is asked of the server once per table, before the rename, which only relabels it.
+    """
     stamp = plan.day.fields("snapshot")
     staged: dict[str, StagedTable] = {}
     for table, frame in sorted(merged.items()):
         observed, origin = observe_origin(frame, plan)
         stamped = stamp_columns(observed, stamp)
+        column_types = stamped.dtypes
         mapping = step.mappings.load(f"{step.query}_{table}")
-        renames = mapping.for_columns(stamped.columns) if mapping else {}
+        renames = mapping.for_columns([name for name, _ in column_types]) if mapping else {}
         staged[table] = StagedTable(
             frame=rename_columns(stamped, renames),
+            column_types=tuple((renames.get(name, name), kind) for name, kind in column_types),
             origin=origin,
             renames=renames,
             mapping_source=mapping.source if mapping else None,
@@ -144,7 +150,7 @@ def _write_and_publish(
             tables[table] = SnapshotTable(
                 path=zone.uri_of(REFINED.table_dir(step.query, table, day, commit.version)),
                 rows=entry.origin.get["rows"],
-                column_types=tuple(entry.frame.dtypes),
+                column_types=entry.column_types,
                 mapping_source=entry.mapping_source,
                 renames=entry.renames,
             )
