@@ -1,4 +1,5 @@
-"""Reading a committed table by its manifest entry, with the schema the entry records.
+"""Spark I/O of a partition's tables: reading committed ones by their manifest entry, and
+writing a day's tables together.
 
 Spark infers a parquet folder's schema with a job that reads a file footer, and it infers it
 again each time a plan holding the read is analysed or run. A snapshot day reads six tables and
@@ -7,6 +8,10 @@ The manifest already records every column and its type, as the table was written
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -21,3 +26,20 @@ def ddl_schema(column_types: tuple[tuple[str, str], ...]) -> str:
 def read_table(spark: SparkSession, entry: TableOutput) -> DataFrame:
     """The table `entry` describes, read without inferring its schema."""
     return spark.read.schema(ddl_schema(entry.column_types)).parquet(entry.path)
+
+
+T = TypeVar("T")
+
+
+def write_together(writes: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Run each table's write at once, and return each one's result once all have ended.
+
+    A table's write is often a single task (a small day, one large file, a CSV whose cells hold
+    newlines), which keeps one core of the engine busy; a day's tables are independent, so
+    writing them together keeps every core busy (Spark runs jobs from several threads of one
+    session side by side). The first failure is raised only after every write has ended, so
+    nothing is still writing when the caller removes what was staged.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(writes)), thread_name_prefix="table-write") as pool:
+        futures = {table: pool.submit(write) for table, write in writes.items()}
+    return {table: future.result() for table, future in futures.items()}

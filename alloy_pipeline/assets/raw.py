@@ -7,6 +7,7 @@ columns, and is published as a new version of the day (`publication.py`).
 import datetime as dt
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +27,8 @@ from alloy_pipeline.frames import conform_csv
 from alloy_pipeline.lake import RAW, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.naming import raw_key, table_slug
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.tables import write_together
+from alloy_pipeline.zone import Zone
 
 ALLOY_POOL = "alloy_api"
 """Dagster concurrency pool for exports: bounds exports in flight across runs (set its limit
@@ -87,6 +90,49 @@ def text_columns(count: int) -> StructType:
     return StructType([StructField(f"_c{index}", StringType()) for index in range(count)])
 
 
+def _convert_table(
+    spark: SparkSession,
+    zone: Zone,
+    *,
+    query: str,
+    day: Day,
+    version: str,
+    table: str,
+    csv_file: Path,
+    stamp: dict[str, str | dt.datetime],
+    staging: str,
+) -> TableOutput:
+    landed = f"{staging}/csv/{csv_file.name}"
+    zone.upload(csv_file, landed)
+    try:
+        names = name_columns(read_header(csv_file))
+        frame = spark.read.csv(
+            zone.uri_of(landed),
+            schema=text_columns(len(names.columns)),
+            header=True,
+            multiLine=True,
+            quote='"',
+            escape='"',
+            encoding="UTF-8",
+            mode="FAILFAST",
+        )
+        conformed = conform_csv(frame, list(names.columns), stamp)
+        written = Observation()
+        conformed.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(
+            zone.uri_of(f"{staging}/parquet/{table}")
+        )
+        rows = written.get["rows"]
+    except Exception as error:
+        raise RuntimeError(f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}") from error
+    return TableOutput(
+        path=zone.uri_of(RAW.table_dir(query, table, day, version)),
+        rows=rows,
+        column_types=tuple(conformed.dtypes),
+        source_file=csv_file.name,
+        renamed_headers=names.renamed,
+    )
+
+
 def convert_tables(
     spark: SparkSession,
     lake: LakeResource,
@@ -100,44 +146,27 @@ def convert_tables(
 ) -> dict[str, TableOutput]:
     """Land each CSV under `staging` as received, then write its parquet there; return what was staged.
 
-    Each table's `path` is where the commit will put it: its folder of version `version`.
+    The tables are converted together (`write_together`): a CSV whose cells may hold newlines is
+    parsed by one task, so one table alone keeps one core busy. Each table's `path` is where the
+    commit will put it: its folder of version `version`.
     """
-    zone = lake.raw
-    outputs: dict[str, TableOutput] = {}
-    for table, csv_file in tables.items():
-        landed = f"{staging}/csv/{csv_file.name}"
-        zone.upload(csv_file, landed)
-        try:
-            names = name_columns(read_header(csv_file))
-            frame = spark.read.csv(
-                zone.uri_of(landed),
-                schema=text_columns(len(names.columns)),
-                header=True,
-                multiLine=True,
-                quote='"',
-                escape='"',
-                encoding="UTF-8",
-                mode="FAILFAST",
+    return write_together(
+        {
+            table: partial(
+                _convert_table,
+                spark,
+                lake.raw,
+                query=query,
+                day=day,
+                version=version,
+                table=table,
+                csv_file=csv_file,
+                stamp=stamp,
+                staging=staging,
             )
-            parquet = f"{staging}/parquet/{table}"
-            conformed = conform_csv(frame, list(names.columns), stamp)
-            written = Observation()
-            conformed.observe(written, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(
-                zone.uri_of(parquet)
-            )
-            rows = written.get["rows"]
-        except Exception as error:
-            raise RuntimeError(
-                f"query {query}, partition {day.key}: converting {csv_file.name} failed: {error}"
-            ) from error
-        outputs[table] = TableOutput(
-            path=zone.uri_of(RAW.table_dir(query, table, day, version)),
-            rows=rows,
-            column_types=tuple(conformed.dtypes),
-            source_file=csv_file.name,
-            renamed_headers=names.renamed,
-        )
-    return outputs
+            for table, csv_file in tables.items()
+        }
+    )
 
 
 def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:

@@ -9,6 +9,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -32,7 +33,7 @@ from alloy_pipeline.snapshot_merge import (
     observe_origin,
 )
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
-from alloy_pipeline.tables import read_table
+from alloy_pipeline.tables import read_table, write_together
 
 
 def _unique_check(keys: RawKeys) -> dg.AssetCheckResult:
@@ -144,16 +145,22 @@ def _write_and_publish(
     day, zone = plan.day, step.lake.refined
     commit = step.publisher.begin(day, step.run_id)
     try:
-        tables: dict[str, SnapshotTable] = {}
-        for table, entry in staged.items():
-            entry.frame.write.mode("overwrite").parquet(zone.uri_of(f"{commit.staging}/{table}"))
-            tables[table] = SnapshotTable(
+        write_together(
+            {
+                table: partial(entry.frame.write.mode("overwrite").parquet, zone.uri_of(f"{commit.staging}/{table}"))
+                for table, entry in staged.items()
+            }
+        )
+        tables = {
+            table: SnapshotTable(
                 path=zone.uri_of(REFINED.table_dir(step.query, table, day, commit.version)),
                 rows=entry.origin.get["rows"],
                 column_types=entry.column_types,
                 mapping_source=entry.mapping_source,
                 renames=entry.renames,
             )
+            for table, entry in staged.items()
+        }
         main_origin = staged[main_table].origin.get
         counts = count_changes(
             step.spark, plan, keys.touched, rows=main_origin["rows"], from_raws=main_origin["from_raws"]
