@@ -24,8 +24,9 @@ ENGINE_TIME_ZONE = "America/New_York"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests without Spark first, in their order: they run while the engine starts."""
-    items.sort(key=lambda item: "engine" in item.fixturenames)
+    """Tests without Spark first, in their order: they run while the engine starts. A test that
+    starts local Spark of its own runs last, so its JVM does not slow the engine's start."""
+    items.sort(key=lambda item: (item.get_closest_marker("own_spark") is not None, "engine" in item.fixturenames))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -123,6 +123,7 @@ def test_parallel_steps_are_clients_of_one_engine(engine: EngineSettings, spark:
     assert state is not None and "Spark Connect - session_id" in state.log.read_text(errors="replace")
 
 
+@pytest.mark.own_spark
 def test_local_spark_without_spark_remote(simulator: AlloySimulator, tmp_path: Path) -> None:
     """Without SPARK_REMOTE a step runs local Spark itself; its catalog ends with it, and it says so."""
     environment = user_environment(simulator, tmp_path, ["Graffiti Reports"])
