@@ -84,7 +84,7 @@ def _tables_by_slug(query: AqsQuery, export: Export) -> dict[str, Path]:
     return tables
 
 
-def text_columns(count: int) -> StructType:
+def _text_columns(count: int) -> StructType:
     """`count` string columns, named by position: the header is read in Python (`read_header`),
     so Spark need not run a job to read it, and a row of another width fails the read."""
     return StructType([StructField(f"_c{index}", StringType()) for index in range(count)])
@@ -102,13 +102,14 @@ def _convert_table(
     stamp: dict[str, str | dt.datetime],
     staging: str,
 ) -> TableOutput:
+    """Land one CSV under `staging` as received and write its parquet beside it; an error names the file."""
     landed = f"{staging}/csv/{csv_file.name}"
     zone.upload(csv_file, landed)
     try:
         names = name_columns(read_header(csv_file))
         frame = spark.read.csv(
             zone.uri_of(landed),
-            schema=text_columns(len(names.columns)),
+            schema=_text_columns(len(names.columns)),
             header=True,
             multiLine=True,
             quote='"',
