@@ -30,6 +30,13 @@ def _set_in_environment(**fields: str) -> dict[str, dg.EnvVar]:
     return {field: dg.EnvVar(variable) for field, variable in fields.items() if variable in os.environ}
 
 
+def _read_from_environment(**fields: str) -> dict[str, str]:
+    """`field: value` for each variable the environment sets, read now: for settings the code
+    location reads itself (the CLI names the catalog's databases), which an `EnvVar` would not be
+    yet. A field whose variable is unset keeps the default of its `Field`."""
+    return {field: os.environ[variable] for field, variable in fields.items() if variable in os.environ}
+
+
 def build_query_definitions(
     query: AqsQuery, partitions: dg.PartitionsDefinition, *, days_per_run: int = int(DEFAULT_SNAPSHOT_DAYS_PER_RUN)
 ) -> dg.Definitions:
@@ -67,15 +74,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "lake": lake,
         "catalog": CatalogResource(
-            **{
-                field: os.environ[variable]
-                for field, variable in (
-                    ("backend", "ALLOY_CATALOG"),
-                    ("raw_database", "ALLOY_RAW_DATABASE"),
-                    ("refined_database", "ALLOY_REFINED_DATABASE"),
-                )
-                if variable in os.environ
-            }
+            **_read_from_environment(
+                backend="ALLOY_CATALOG", raw_database="ALLOY_RAW_DATABASE", refined_database="ALLOY_REFINED_DATABASE"
+            )
         ),
         "mappings": MappingResource(**mappings),
         "pyspark": SparkResource(**_set_in_environment(remote="SPARK_REMOTE")),

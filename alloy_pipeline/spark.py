@@ -36,9 +36,14 @@ LOCAL_SPARK_CONFIG: dict[str, str] = {
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def endpoint(remote: str) -> str:
+    """A Spark Connect URL without its parameters (`;token=…` and the like), safe to log."""
+    return remote.split(";", 1)[0]
+
+
 def on_loopback(remote: str) -> bool:
     """Whether a Spark Connect URL names this machine."""
-    return urlsplit(remote.split(";", 1)[0]).hostname in LOOPBACK_HOSTS
+    return urlsplit(endpoint(remote)).hostname in LOOPBACK_HOSTS
 
 
 def connect_session(remote: str) -> SparkSession:
@@ -94,5 +99,4 @@ class SparkResource(PySparkResource):
             return
         self._spark_session = connect_session(self.remote)
         if context.log is not None:
-            endpoint = self.remote.split(";", 1)[0]
-            context.log.info(f"Spark Connect session {self._spark_session.session_id} on {endpoint}")
+            context.log.info(f"Spark Connect session {self._spark_session.session_id} on {endpoint(self.remote)}")

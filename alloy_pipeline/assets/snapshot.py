@@ -9,7 +9,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -90,7 +90,7 @@ class SnapshotStep:
     run_id: str
     log: logging.Logger
 
-    @property
+    @cached_property
     def publisher(self) -> Publisher:
         return Publisher(self.lake, self.catalog, self.spark, REFINED, self.query, self.log)
 
