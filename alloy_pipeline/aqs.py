@@ -7,11 +7,12 @@ from loading with a message that names it, rather than fail a run at 3 a.m.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alloy_pipeline.naming import slugify
 
@@ -21,7 +22,10 @@ class AqsError(ValueError):
 
 
 class _Node(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    """A part of an AQS file: the fields the pipeline relies on are validated, every other field
+    Alloy defines (`sortInfo` today, whatever it adds tomorrow) is kept and sent back unchanged."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
 
 class FilterNode(_Node):
@@ -36,16 +40,30 @@ class FilterNode(_Node):
     children: tuple[FilterNode, ...] | None = None
 
 
+_CODE = r"[^.^<>\s]+"
+JOIN_PATH = re.compile(rf"root(?:\.{_CODE}|\^{_CODE}<{_CODE}>)+\.{_CODE}")
+"""`root`, then forward (`.<link>`) and reverse (`^<link><designs_…>`) steps, then `.<attribute>`."""
+
+
+def _join_path(path: str) -> str:
+    if not JOIN_PATH.fullmatch(path):
+        raise ValueError(
+            f"{path!r} is not a join path: root, then .<link attribute> or ^<link attribute><designs_code> "
+            "steps, then .<attribute>"
+        )
+    return path
+
+
 class JoinProperties(_Node):
     dodi_code: str = Field(alias="dodiCode", min_length=1)
-    collection_code: tuple[str, ...] | None = Field(default=None, alias="collectionCode")
     attributes: tuple[str, ...]
-    join_attributes: tuple[str, ...] | None = Field(default=None, alias="joinAttributes")
+    join_attributes: tuple[Annotated[str, AfterValidator(_join_path)], ...] | None = Field(
+        default=None, alias="joinAttributes"
+    )
 
 
 class QueryProperties(_Node):
     dodi_code: str = Field(alias="dodiCode", min_length=1)
-    collection_code: tuple[str, ...] | None = Field(default=None, alias="collectionCode")
     attributes: tuple[str, ...]
 
 
@@ -68,22 +86,27 @@ class QueryRoot(_Root):
     type: Literal["Query"]
     properties: QueryProperties
 
+    @model_validator(mode="after")
+    def _no_joins(self) -> QueryRoot:
+        if "joinAttributes" in (self.properties.model_extra or {}):
+            raise ValueError("a Query takes no joinAttributes; make the root a Join")
+        return self
+
 
 AqsRoot = Annotated[JoinRoot | QueryRoot, Field(discriminator="type")]
 
 
 class ExportRequest(_Node):
-    """The body of Alloy's `POST /api/export`, exactly as stored in an AQS file."""
+    """The body of Alloy's `POST /api/export`, as stored in an AQS file."""
 
     aqs: AqsRoot
     file_name: str = Field(alias="fileName", pattern=r"(?i)^[^/\\]+\.csv$")
     export_header_type: Literal["Name", "Code"] = Field(alias="exportHeaderType")
     discriminator: Literal["CsvExportWebRequestModel"]
-    parameter_values: tuple[Any, ...] | None = Field(default=None, alias="parameterValues")
 
     def to_body(self) -> dict[str, Any]:
-        """The JSON body Alloy expects (camelCase, unset optionals left out)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The JSON body Alloy expects: what the file holds, field for field (nothing added, nulls kept)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def since(self, watermark: datetime) -> ExportRequest:
         """This request narrowed to items edited after `watermark`, keeping the query's own filter."""
@@ -139,17 +162,31 @@ def load_query(path: Path) -> AqsQuery:
 
 
 def load_queries(folder: Path) -> list[AqsQuery]:
-    """Every `*.json` file in `folder`, validated, sorted by slug, with slugs unique."""
+    """Every `*.json` file in `folder`, validated, sorted by slug, with slugs unique.
+
+    One error lists every bad file, so a council fixing a folder of exports sees them all at once.
+    """
     if not folder.is_dir():
         raise AqsError(f"AQS folder {folder} does not exist (set ALLOY_AQS_DIR)")
-    queries = [load_query(path) for path in sorted(folder.glob("*.json"))]
-    if not queries:
+    paths = sorted(folder.glob("*.json"))
+    if not paths:
         raise AqsError(f"AQS folder {folder} holds no *.json query files")
+    problems: list[str] = []
     by_slug: dict[str, AqsQuery] = {}
-    for query in queries:
+    for path in paths:
+        try:
+            query = load_query(path)
+        except AqsError as error:
+            problems.append(str(error))
+            continue
         if query.slug in by_slug:
-            raise AqsError(
+            problems.append(
                 f"AQS files {by_slug[query.slug].path} and {query.path} both give the slug '{query.slug}'; rename one"
             )
+            continue
         by_slug[query.slug] = query
-    return sorted(queries, key=lambda query: query.slug)
+    if len(problems) == 1:
+        raise AqsError(problems[0])
+    if problems:
+        raise AqsError(f"{len(problems)} problems in AQS folder {folder}:\n" + "\n".join(f"- {p}" for p in problems))
+    return sorted(by_slug.values(), key=lambda query: query.slug)

@@ -80,6 +80,28 @@ def rename_columns(frame: DataFrame, renames: dict[str, str]) -> DataFrame:
     return frame.select(*(_column(name).alias(renames.get(name, name)) for name in frame.columns))
 
 
+def epoch_seconds_text(moment: Column) -> Column:
+    """A timestamp as Python's `str(datetime.timestamp())` writes it: `1709254800.123456`, `1709254800.5`,
+    `1709254800.0` (at most six decimals, trailing zeros dropped, at least one kept)."""
+    seconds = (F.unix_micros(moment).cast("decimal(20,0)") / F.lit(1_000_000)).cast("decimal(20,6)").cast("string")
+    return F.regexp_replace(F.regexp_replace(seconds, r"0+$", ""), r"\.$", ".0")
+
+
+def current_import_types(frame: DataFrame, column_types: dict[str, str]) -> DataFrame:
+    """A table written before `import_datetime` became a timestamp and `import_timestamp` a string of
+    epoch seconds, given the types it was written with, read with today's types (other columns as they are).
+
+    The old `import_datetime` text is the same UTC moment (`yyyy-MM-dd HH:mm:ss`), read in the session's
+    UTC. Deciding from the recorded types costs no schema request.
+    """
+    upgrades: dict[str, Column] = {}
+    if column_types.get("import_datetime") == "string":
+        upgrades["import_datetime"] = F.to_timestamp(_column("import_datetime"), "yyyy-MM-dd HH:mm:ss")
+    if column_types.get("import_timestamp") == "timestamp":
+        upgrades["import_timestamp"] = epoch_seconds_text(_column("import_timestamp"))
+    return frame.withColumns(upgrades) if upgrades else frame
+
+
 def stamp_columns(frame: DataFrame, stamp: dict[str, str]) -> DataFrame:
     """Set constant string columns (replacing any of the same name)."""
     return frame.withColumns({name: F.lit(value) for name, value in stamp.items()})

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from alloy_pipeline.columns import SNAPSHOT_COLUMNS
-from alloy_pipeline.frames import drop_root_items, rename_columns, upsert_root_items
+from alloy_pipeline.frames import current_import_types, drop_root_items, rename_columns, upsert_root_items
 from alloy_pipeline.lake import SnapshotTable, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.snapshot_plan import SnapshotError, SnapshotPlan
@@ -41,10 +41,15 @@ def _require_column(entry: TableOutput, column: str, where: str) -> None:
 
 
 def _read_snapshot_table(spark: SparkSession, entry: SnapshotTable) -> DataFrame:
-    """A stored snapshot table under its raw column names, so newer raw partitions line up."""
-    return rename_columns(
-        read_table(spark, entry).drop(*SNAPSHOT_COLUMNS), {new: old for old, new in entry.renames.items()}
-    )
+    """A stored snapshot table under its raw column names and today's types, so newer raw partitions line up."""
+    raw_names = {new: old for old, new in entry.renames.items()}
+    frame = rename_columns(read_table(spark, entry).drop(*SNAPSHOT_COLUMNS), raw_names)
+    return current_import_types(frame, {raw_names.get(name, name): kind for name, kind in entry.column_types})
+
+
+def _read_raw_table(spark: SparkSession, entry: TableOutput) -> DataFrame:
+    """A raw table with today's types, whichever version of the pipeline wrote it."""
+    return current_import_types(read_table(spark, entry), dict(entry.column_types))
 
 
 def merge_tables(spark: SparkSession, query: str, plan: SnapshotPlan) -> tuple[str, dict[str, DataFrame]]:
@@ -58,7 +63,7 @@ def merge_tables(spark: SparkSession, query: str, plan: SnapshotPlan) -> tuple[s
         main_table = raw.main_table
         for table, entry in raw.tables.items():
             _require_column(entry, _key_of(table, main_table), f"{where}, table {table}")
-        increment = {table: read_table(spark, entry) for table, entry in raw.tables.items()}
+        increment = {table: _read_raw_table(spark, entry) for table, entry in raw.tables.items()}
         if raw.kind == "full":
             tables = increment
             continue

@@ -15,7 +15,7 @@ JOIN_REQUEST = {
             "dodiCode": "designs_graffiti",
             "collectionCode": ["Live"],
             "attributes": ["attributes_itemsTitle", "attributes_graffitiStatus"],
-            "joinAttributes": ["root.attributes_graffitiStreet.designs_streets.attributes_itemsTitle"],
+            "joinAttributes": ["root.attributes_graffitiStreet.attributes_itemsTitle"],
         },
         "children": [
             {
@@ -32,6 +32,8 @@ JOIN_REQUEST = {
     "discriminator": "CsvExportWebRequestModel",
     "parameterValues": [],
 }
+
+PROPERTIES = JOIN_REQUEST["aqs"]["properties"]
 
 WATERMARK = datetime(2024, 3, 31, 23, 5, 7, 123456, tzinfo=UTC)
 
@@ -70,6 +72,47 @@ def test_round_trip_keeps_the_request_as_written() -> None:
     assert ExportRequest.model_validate(JOIN_REQUEST).to_body() == JOIN_REQUEST
 
 
+REAL_JOIN_PATHS = [
+    "root.attributes_tasksStatus.attributes_taskStatusesStatus",
+    "root^attributes_tasksAssignableTasks<designs_nlpgPremises>.attributes_itemsGeometry",
+    "root^attributes_tasksAssignableTasks<designs_nlpgPremises>^attributes_assetGroupsAssets<designs_wasteGroups>"
+    ".attributes_wasteGroupsStreet_5f89babde27d980067890023",
+    "root^attributes_tasksAssignableTasks<designs_nlpgPremises>.attributes_premisesStreet.attributes_itemsTitle",
+]
+
+
+def with_alloy_extras() -> dict:
+    """JOIN_REQUEST as a council's file holds it: the four join forms, and fields the pipeline
+    does not read at the root, in `aqs`, in `properties` and inside filter nodes (a null too)."""
+    request = json.loads(json.dumps(JOIN_REQUEST))
+    request["exportSettings"] = {"dateFormat": "ISO", "timeZone": None}
+    request["aqs"]["hint"] = "keep me"
+    properties = request["aqs"]["properties"]
+    properties["joinAttributes"] = REAL_JOIN_PATHS
+    properties["sortInfo"] = {"attributeCode": "attributes_itemsTitle", "sortOrder": "Ascending"}
+    properties["collectionCode"] = ["Live", "Archived"]
+    equals = request["aqs"]["children"][0]
+    equals["properties"] = {"caseSensitive": False}
+    equals["children"][1]["properties"]["value"] = ["R", "RD", "RF"]
+    equals["children"][1]["note"] = None
+    return request
+
+
+def test_fields_the_pipeline_does_not_read_pass_through_at_every_level(tmp_path: Path) -> None:
+    written = with_alloy_extras()
+    write(tmp_path, "Fix My Street Defect.json", written)
+    [query] = load_queries(tmp_path)
+    assert query.request.to_body() == written
+    narrowed = query.request.since(WATERMARK).to_body()
+    [wrapped] = narrowed["aqs"]["children"]
+    assert wrapped["children"][0] == written["aqs"]["children"][0]
+    assert {key: value for key, value in narrowed.items() if key != "aqs"} == {
+        key: value for key, value in written.items() if key != "aqs"
+    }
+    assert narrowed["aqs"]["properties"] == written["aqs"]["properties"]
+    assert narrowed["aqs"]["hint"] == "keep me"
+
+
 def test_incremental_filter_wraps_own_filter_in_and() -> None:
     body = ExportRequest.model_validate(JOIN_REQUEST).since(WATERMARK).to_body()
     [child] = body["aqs"]["children"]
@@ -101,7 +144,17 @@ def test_watermark_is_rendered_in_utc() -> None:
         ({**JOIN_REQUEST, "exportHeaderType": "Title"}, "exportHeaderType"),
         ({**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "type": "Union"}}, "aqs"),
         ({**JOIN_REQUEST, "aqs": {"type": "Join", "properties": {"attributes": []}}}, "dodiCode"),
-        ({**JOIN_REQUEST, "unexpected": 1}, "unexpected"),
+        (
+            {**JOIN_REQUEST, "aqs": {"type": "Query", "properties": JOIN_REQUEST["aqs"]["properties"]}},
+            "a Query takes no joinAttributes",
+        ),
+        (
+            {
+                **JOIN_REQUEST,
+                "aqs": {**JOIN_REQUEST["aqs"], "properties": {**PROPERTIES, "joinAttributes": ["street"]}},
+            },
+            "'street' is not a join path",
+        ),
         (
             {**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "children": JOIN_REQUEST["aqs"]["children"] * 2}},
             "at most one child",
@@ -114,6 +167,23 @@ def test_bad_file_stops_loading_with_file_name_and_problem(tmp_path: Path, body:
         load_queries(tmp_path)
     assert str(path) in str(raised.value)
     assert problem in str(raised.value)
+
+
+def test_every_broken_file_is_named_in_one_error(tmp_path: Path) -> None:
+    write(tmp_path, "Good Query.json", with_alloy_extras())
+    no_design = write(tmp_path, "No Design.json", {**JOIN_REQUEST, "aqs": {"type": "Join", "properties": {}}})
+    bad_json = write(tmp_path, "Half Saved.json", '{"aqs": ')
+    bad_name = write(tmp_path, "Wrong Name.json", {**JOIN_REQUEST, "fileName": "export.xlsx"})
+    with pytest.raises(AqsError) as raised:
+        load_queries(tmp_path)
+    lines = str(raised.value).splitlines()
+    assert lines[0].startswith("3 problems in AQS folder")
+    assert [line.split(": ")[0] for line in lines[1:]] == [
+        f"- AQS file {path}" for path in (bad_json, no_design, bad_name)
+    ]
+    assert "aqs.Join.properties.dodiCode" in lines[2] and "aqs.Join.properties.attributes" in lines[2]
+    assert "fileName" in lines[3]
+    assert "Good Query" not in str(raised.value)
 
 
 def test_two_files_with_one_slug_are_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ are clients of one Spark Connect server, or run local Spark themselves when SPAR
 
 import datetime as dt
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -152,8 +153,10 @@ def test_import_timestamp_is_utc_whatever_the_time_zones(
     assert manifest is not None
     requested = manifest.requested_at.astimezone(dt.UTC)
     table = pq.read_table(manifest.tables[QUERY].path, columns=["import_timestamp", "import_datetime"]).to_pylist()
-    assert {row["import_datetime"] for row in table} == {requested.strftime("%Y-%m-%d %H:%M:%S")}
-    assert {row["import_timestamp"].replace(tzinfo=dt.UTC) for row in table} == {requested}
+    assert {row["import_datetime"].replace(tzinfo=dt.UTC) for row in table} == {requested}
+    [epoch_text] = {row["import_timestamp"] for row in table}
+    assert re.fullmatch(r"\d{10}\.\d{1,6}", epoch_text), "epoch seconds as the old jobs wrote them"
+    assert dt.datetime.fromtimestamp(float(epoch_text), dt.UTC) == requested
 
 
 def test_start_reuses_the_running_engine(engine: EngineSettings) -> None:

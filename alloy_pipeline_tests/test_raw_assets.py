@@ -104,7 +104,8 @@ def test_csv_landed_as_received_and_parquet_matches_it(engine, spark, instance, 
         "notes7",
         "notes8",
     ]
-    assert all(dtype == "string" for name, dtype in gully.dtypes if name != "import_timestamp")
+    assert dict(gully.dtypes)["import_datetime"] == "timestamp"
+    assert all(dtype == "string" for name, dtype in gully.dtypes if name != "import_datetime")
 
 
 def test_rematerialising_a_day_replaces_it_with_identical_data(pipeline: Pipeline) -> None:

@@ -58,17 +58,15 @@ def watermark_for(manifests: list[RawManifest], day: Day, overlap: dt.timedelta)
 
 
 def import_stamp(day: Day, requested_at: dt.datetime) -> dict[str, str | dt.datetime]:
-    """The `import_*` columns: the partition's day, and when the export was requested (UTC).
+    """The `import_*` columns as the old Glue jobs wrote them, so analysts' SQL keeps working: the
+    partition's day as strings, `import_datetime` a timestamp and `import_timestamp` a string of
+    epoch seconds (Python's `str(datetime.timestamp())`), both when the export was requested.
 
     The timestamp stays time-zone aware: Spark reads a naive datetime in the client's local
     time zone, so a step on a machine outside UTC would shift it.
     """
     moment = requested_at.astimezone(dt.UTC)
-    return {
-        **day.fields("import"),
-        "import_datetime": moment.strftime("%Y-%m-%d %H:%M:%S"),
-        "import_timestamp": moment,
-    }
+    return {**day.fields("import"), "import_datetime": moment, "import_timestamp": str(moment.timestamp())}
 
 
 def _tables_by_slug(query: AqsQuery, export: Export) -> dict[str, Path]:
