@@ -13,7 +13,7 @@ from alloy_pipeline_tests.harness import Pipeline, failure_text
 
 QUERY = "dw_container_job"
 DAYS = ["2024-03-01", "2024-03-02"]
-NEW_JOIN = "root.attributes_jobAssignedContainer.designs_wasteContainer.attributes_wasteContainerSerialNumber"
+NEW_JOIN = "root.attributes_jobAssignedContainer.attributes_wasteContainerSerialNumber"
 NEW_COLUMN = "root_assigned_container_waste_container_serial_number"
 
 
@@ -52,7 +52,9 @@ def test_spark_catalog_of_the_engine(jobs: Pipeline, spark) -> None:
             f"SELECT count({NEW_COLUMN}) AS n FROM {refined}.{QUERY}_{QUERY} WHERE snapshot_date = '20240301'",
         )
     )
-    assert {row["tableName"] for row in tables} == {f"{QUERY}_{QUERY}", f"{QUERY}_waste_container_1"}
+    assert {row["tableName"] for row in tables} == {
+        f"{QUERY}_{table}" for table in (QUERY, "waste_container_1", "premises_2", "collection_round_3")
+    }
     assert [row["partition"] for row in raw_partitions] == [
         "import_year=2024/import_month=03/import_day=01/import_date=20240301",
         "import_year=2024/import_month=03/import_day=02/import_date=20240302",

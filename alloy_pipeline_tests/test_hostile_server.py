@@ -83,7 +83,7 @@ def test_a_padded_key_is_stripped_and_never_appears(
     simulator.inject(Fault("truncated_download"))
     with client(simulator, api_key=padded) as alloy:
         export = alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
-    assert len(export.csv_files) == 2
+    assert len(export.csv_files) == 4
     assert {seen.headers["authorization"] for seen in simulator.requests} == {f"Bearer {API_KEY}"}
     assert all(API_KEY not in seen.path + seen.query for seen in simulator.requests)
     assert_absent([API_KEY], [caplog.text], tmp_path)
@@ -218,7 +218,7 @@ def test_unexpected_but_harmless_task_replies_are_polled_through(
     simulator.inject(Fault("reply", endpoint="task", body=json.dumps({"task": task}), times=3))
     with client(simulator) as alloy:
         export = alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
-    assert len(export.csv_files) == 2
+    assert len(export.csv_files) == 4
     if task["status"] == "Exporting":
         assert f"Alloy export task {export.task_id}: unknown status 'Exporting'; polling again" in caplog.text
 
@@ -278,7 +278,7 @@ def test_a_burst_of_failures_while_polling_does_not_lose_the_export(
     simulator.inject(burst)
     with client(simulator, max_retries=2) as alloy:
         export = alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
-    assert len(export.csv_files) == 2
+    assert len(export.csv_files) == 4
     assert len(polls(simulator)) > 12
     assert "polling again" in caplog.text
 

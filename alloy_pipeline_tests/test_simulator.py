@@ -21,6 +21,7 @@ from alloy_pipeline.alloy.simulator import (
     SYNTHETIC_ROOT,
     AlloySimulator,
     Fault,
+    dataset_for_queries,
     demo_dataset,
     synthetic_dataset,
     synthetic_request,
@@ -30,6 +31,12 @@ API_KEY = "test-key"
 AQS_DIR = Path(__file__).resolve().parents[1] / "aqs_queries"
 JOBS = "designs_wasteContainerJob"
 CONTAINER_LINK = "attributes_jobAssignedContainer"
+PREMISES = "designs_premises"
+PREMISES_LINK = "attributes_premisesContainerJobs"
+ROUNDS = "designs_collectionRound"
+ROUND_LINK = "attributes_collectionRoundPremises"
+GRAFFITI = "designs_graffitiReport"
+GULLIES = "designs_gullyInspection"
 SINCE_2024: dict[str, Any] = {
     "type": "GreaterThan",
     "children": [
@@ -168,15 +175,22 @@ def test_unknown_ids_are_404(client: httpx.Client) -> None:
 # --- the export's shape -----------------------------------------------------------------------
 
 
+def header_index(header: list[str]) -> dict[str, int]:
+    return {name: position for position, name in enumerate(header)}
+
+
 def test_join_export_has_alloy_zip_layout_and_name_headers(sim: AlloySimulator, client: httpx.Client) -> None:
     archive = export(client, example("DW Container Job"))
     assert archive.namelist() == [
         "DW Container Job/DW Container Job.csv",
         "JoinedDesign_Waste Container_1.csv",
+        "JoinedDesign_Premises_2.csv",
+        "JoinedDesign_Collection Round_3.csv",
     ]
 
     header, *records = rows(archive, "DW Container Job/DW Container Job.csv")
-    prefix = "root.Assigned Container.Waste Container"
+    container, premises = "root.Assigned Container.Waste Container", "root.Container Jobs.Premises"
+    rounds = "root.Container Jobs.Premises.Collection Round"
     assert header == [
         "Item ID",
         "Title",
@@ -185,9 +199,16 @@ def test_join_export_has_alloy_zip_layout_and_name_headers(sim: AlloySimulator, 
         "Priority",
         "Raised Date",
         "Notes",
-        f"{prefix}.Title",
-        f"{prefix}.Container Type",
-        f"{prefix} Item IDs",
+        f"{container}.Title",
+        f"{container}.Container Type",
+        f"{container}.Item IDs",
+        f"{premises}.Title",
+        f"{premises}.Subtitle",
+        f"{premises}.UPRN",
+        f"{premises}.Item IDs",
+        f"{rounds}.Title",
+        f"{rounds}.Collection Day",
+        f"{rounds}.Item IDs",
     ]
     dataset = sim.dataset
     assert [record[0] for record in records] == dataset.ids(JOBS)
@@ -205,36 +226,270 @@ def test_join_export_has_alloy_zip_layout_and_name_headers(sim: AlloySimulator, 
         "AQS Path",
         "Predecessor File",
         "Predecessor Item",
+        "Predecessor Title",
         "Primary Item",
     ]
     expected = [(linked, job) for job in dataset.ids(JOBS) for linked in dataset.linked_ids(job, CONTAINER_LINK)]
-    assert [(row[0], row[6]) for row in joined] == expected
+    assert [(row[0], row[7]) for row in joined] == expected
     assert any(len(dataset.linked_ids(job, CONTAINER_LINK)) > 1 for job in dataset.ids(JOBS))
     assert any(not dataset.linked_ids(job, CONTAINER_LINK) for job in dataset.ids(JOBS))
     for row in joined:
-        assert row[3:6] == [f"root.{CONTAINER_LINK}.designs_wasteContainer", "DW Container Job.csv", row[6]]
+        assert row[3:6] == [f"root.{CONTAINER_LINK}", "DW Container Job.csv", row[7]]
+        assert row[6] == dataset.value(row[7], "attributes_itemsTitle")
 
 
-def test_code_headers_and_the_query_filter(sim: AlloySimulator, client: httpx.Client) -> None:
+def test_a_reverse_join_reaches_the_items_that_point_at_the_root(sim: AlloySimulator, client: httpx.Client) -> None:
+    archive = export(client, example("DW Container Job"))
+    dataset = sim.dataset
+    pointing = {
+        job: [p for p in dataset.ids(PREMISES) if job in dataset.linked_ids(p, PREMISES_LINK)]
+        for job in dataset.ids(JOBS)
+    }
+    assert any(not found for found in pointing.values()) and any(found for found in pointing.values())
+
+    header, *records = main_rows(archive)
+    columns = header_index(header)
+    for record in records:
+        found = pointing[record[0]]
+        assert record[columns["root.Container Jobs.Premises.Item IDs"]] == ", ".join(found)
+        uprns = [dataset.value(p, "attributes_premisesUprn") or "" for p in found]
+        assert record[columns["root.Container Jobs.Premises.UPRN"]] == ", ".join(uprns)
+
+    joined_header, *joined = rows(archive, "JoinedDesign_Premises_2.csv")
+    assert joined_header == [
+        "Item ID",
+        "Title",
+        "Subtitle",
+        "UPRN",
+        "AQS Path",
+        "Predecessor File",
+        "Predecessor Item",
+        "Predecessor Title",
+        "Primary Item",
+    ]
+    assert [(row[0], row[8]) for row in joined] == [(p, job) for job, found in pointing.items() for p in found]
+    for row in joined:
+        assert row[4:7] == [f"root^{PREMISES_LINK}<{PREMISES}>", "DW Container Job.csv", row[8]]
+        assert row[1:4] == [
+            dataset.value(row[0], code)
+            for code in ("attributes_itemsTitle", "attributes_itemsSubtitle", "attributes_premisesUprn")
+        ]
+
+
+def test_a_chained_reverse_join_hangs_each_row_from_its_predecessor(sim: AlloySimulator, client: httpx.Client) -> None:
+    archive = export(client, example("DW Container Job"))
+    dataset = sim.dataset
+    rounds_of = {
+        p: [r for r in dataset.ids(ROUNDS) if p in dataset.linked_ids(r, ROUND_LINK)] for p in dataset.ids(PREMISES)
+    }
+    chain = [
+        (r, p, job)
+        for job in dataset.ids(JOBS)
+        for p in dataset.ids(PREMISES)
+        if job in dataset.linked_ids(p, PREMISES_LINK)
+        for r in rounds_of[p]
+    ]
+    assert chain, "some jobs are on a collection round"
+
+    joined_header, *joined = rows(archive, "JoinedDesign_Collection Round_3.csv")
+    assert joined_header == [
+        "Item ID",
+        "Title",
+        "Collection Day",
+        "AQS Path",
+        "Predecessor File",
+        "Predecessor Item",
+        "Predecessor Title",
+        "Predecessor Subtitle",
+        "Primary Item",
+    ]
+    assert [(row[0], row[5], row[8]) for row in joined] == chain
+    path = f"root^{PREMISES_LINK}<{PREMISES}>^{ROUND_LINK}<{ROUNDS}>"
+    for row in joined:
+        assert row[3:5] == [path, "JoinedDesign_Premises_2.csv"]
+        assert row[6:8] == [
+            dataset.value(row[5], "attributes_itemsTitle"),
+            dataset.value(row[5], "attributes_itemsSubtitle"),
+        ]
+
+    header, *records = main_rows(archive)
+    column = header_index(header)["root.Container Jobs.Premises.Collection Round.Item IDs"]
+    by_job = {record[0]: record[column] for record in records}
+    for job in dataset.ids(JOBS):
+        assert by_job[job] == ", ".join(dict.fromkeys(r for r, _, j in chain if j == job))
+
+
+FOUR_FORMS = [
+    f"root^{PREMISES_LINK}<{PREMISES}>^{ROUND_LINK}<{ROUNDS}>.attributes_itemsTitle",
+    f"root.{CONTAINER_LINK}.attributes_itemsTitle",
+    f"root^{PREMISES_LINK}<{PREMISES}>.attributes_premisesUprn",
+    f"root^{PREMISES_LINK}<{PREMISES}>.attributes_premisesStreet.attributes_itemsTitle",
+]
+"""A chained reverse join first, then a forward one, a reverse one, and a reverse-then-forward one."""
+
+
+def four_forms(header_type: str) -> dict[str, Any]:
+    body = example("DW Container Job")
+    body["exportHeaderType"] = header_type
+    body["aqs"]["properties"]["attributes"] = ["attributes_jobStatus"]
+    body["aqs"]["properties"]["joinAttributes"] = FOUR_FORMS
+    return body
+
+
+def test_join_nodes_are_numbered_parents_first_in_order_of_first_use(client: httpx.Client) -> None:
+    archive = export(client, four_forms("Code"))
+    assert archive.namelist() == [
+        "DW Container Job/DW Container Job.csv",
+        "JoinedDesign_Premises_1.csv",
+        "JoinedDesign_Collection Round_2.csv",
+        "JoinedDesign_Waste Container_3.csv",
+        "JoinedDesign_Street_4.csv",
+    ]
+    premises = f"root.{PREMISES_LINK}.{PREMISES}"
+    assert main_rows(archive)[0] == [
+        "Item ID",
+        "attributes_jobStatus",
+        f"{premises}.attributes_premisesUprn",
+        f"{premises}.Item IDs",
+        f"root.{PREMISES_LINK}.{ROUND_LINK}.{ROUNDS}.attributes_itemsTitle",
+        f"root.{PREMISES_LINK}.{ROUND_LINK}.{ROUNDS}.Item IDs",
+        f"root.{CONTAINER_LINK}.designs_wasteContainer.attributes_itemsTitle",
+        f"root.{CONTAINER_LINK}.designs_wasteContainer.Item IDs",
+        f"root.{PREMISES_LINK}.attributes_premisesStreet.designs_street.attributes_itemsTitle",
+        f"root.{PREMISES_LINK}.attributes_premisesStreet.designs_street.Item IDs",
+    ]
+    trails = {
+        name: {tuple(row[2:4]) for row in rows(archive, name)[1:]}
+        for name in archive.namelist()
+        if name.startswith("JoinedDesign_")
+    }
+    reverse = f"root^{PREMISES_LINK}<{PREMISES}>"
+    assert trails == {
+        "JoinedDesign_Premises_1.csv": {(reverse, "DW Container Job.csv")},
+        "JoinedDesign_Collection Round_2.csv": {(f"{reverse}^{ROUND_LINK}<{ROUNDS}>", "JoinedDesign_Premises_1.csv")},
+        "JoinedDesign_Waste Container_3.csv": {(f"root.{CONTAINER_LINK}", "DW Container Job.csv")},
+        "JoinedDesign_Street_4.csv": {(f"{reverse}.attributes_premisesStreet", "JoinedDesign_Premises_1.csv")},
+    }
+    assert rows(archive, "JoinedDesign_Waste Container_3.csv")[0][-3:] == [
+        "Predecessor File",
+        "Predecessor Item",
+        "Primary Item",
+    ]
+    assert rows(archive, "JoinedDesign_Street_4.csv")[0] == [
+        "Item ID",
+        "attributes_itemsTitle",
+        "AQS Path",
+        "Predecessor File",
+        "Predecessor Item",
+        "Primary Item",
+    ]
+
+
+def test_name_headers_write_display_names_along_the_path(client: httpx.Client) -> None:
+    header = main_rows(export(client, four_forms("Name")))[0]
+    assert header[2:] == [
+        "root.Container Jobs.Premises.UPRN",
+        "root.Container Jobs.Premises.Item IDs",
+        "root.Container Jobs.Premises.Collection Round.Title",
+        "root.Container Jobs.Premises.Collection Round.Item IDs",
+        "root.Assigned Container.Waste Container.Title",
+        "root.Assigned Container.Waste Container.Item IDs",
+        "root.Container Jobs.Street.Street.Title",
+        "root.Container Jobs.Street.Street.Item IDs",
+    ]
+
+
+def test_reverse_then_forward_reads_what_the_reverse_items_link_to(sim: AlloySimulator, client: httpx.Client) -> None:
+    archive = export(client, four_forms("Code"))
+    dataset = sim.dataset
+    expected = [
+        (street, p, job)
+        for job in dataset.ids(JOBS)
+        for p in dataset.ids(PREMISES)
+        if job in dataset.linked_ids(p, PREMISES_LINK)
+        for street in dataset.linked_ids(p, "attributes_premisesStreet")
+    ]
+    assert expected
+    assert [(row[0], row[4], row[5]) for row in rows(archive, "JoinedDesign_Street_4.csv")[1:]] == expected
+
+
+def test_code_headers_sort_info_and_a_list_valued_filter(sim: AlloySimulator, client: httpx.Client) -> None:
     archive = export(client, example("Graffiti Reports"))
     assert archive.namelist() == ["Graffiti Reports/Graffiti Reports.csv", "JoinedDesign_Street_1.csv"]
     header, *records = main_rows(archive)
     prefix = "root.attributes_graffitiStreet.designs_street"
     assert header[:3] == ["Item ID", "attributes_itemsTitle", "attributes_graffitiStatus"]
-    assert header[-3:] == [
+    assert header[-4:] == [
+        "attributes_graffitiStreet",
         f"{prefix}.attributes_itemsTitle",
         f"{prefix}.attributes_streetUsrn",
-        f"{prefix} Item IDs",
+        f"{prefix}.Item IDs",
     ]
-    reports = sim.dataset.ids("designs_graffitiReport")
-    open_ids = [i for i in reports if sim.dataset.value(i, "attributes_graffitiStatus") == "Open"]
-    assert 0 < len(open_ids) < len(reports)
-    assert [record[0] for record in records] == open_ids
-    assert rows(archive, "JoinedDesign_Street_1.csv")[0][:3] == [
+    dataset = sim.dataset
+    reports = dataset.ids(GRAFFITI)
+    wanted = [i for i in reports if dataset.value(i, "attributes_graffitiStatus") in ("Open", "In Progress")]
+    assert {dataset.value(i, "attributes_graffitiStatus") for i in wanted} == {"Open", "In Progress"}
+    assert len(wanted) < len(reports)
+    newest_first = sorted(wanted, key=lambda i: dataset.value(i, "attributes_graffitiReportedDate") or "", reverse=True)
+    assert [record[0] for record in records] == newest_first
+    street = header.index("attributes_graffitiStreet")
+    assert all(
+        record[street] == ", ".join(dataset.linked_ids(record[0], "attributes_graffitiStreet")) for record in records
+    )
+    assert rows(archive, "JoinedDesign_Street_1.csv")[0] == [
         "Item ID",
         "attributes_itemsTitle",
         "attributes_streetUsrn",
+        "AQS Path",
+        "Predecessor File",
+        "Predecessor Item",
+        "Predecessor attributes_itemsTitle",
+        "Primary Item",
     ]
+    joined = rows(archive, "JoinedDesign_Street_1.csv")[1:]
+    assert [row[-1] for row in joined] == [
+        job for job in newest_first for _ in dataset.linked_ids(job, "attributes_graffitiStreet")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sort_info", "key", "descending"),
+    [
+        ({"attributeCode": "attributes_gullyCondition", "sortOrder": "Ascending"}, "attributes_gullyCondition", False),
+        ({"attributeCode": "attributes_gullySiltDepth"}, "attributes_gullySiltDepth", False),
+        ({"itemProperty": "itemId", "sortOrder": "Descending"}, None, True),
+    ],
+    ids=["attribute", "default-ascending-empty-last", "item-id-descending"],
+)
+def test_sort_info_orders_the_root_rows(
+    sim: AlloySimulator, client: httpx.Client, sort_info: dict[str, str], key: str | None, descending: bool
+) -> None:
+    body = example("Gully Inspections")
+    body["aqs"]["properties"]["sortInfo"] = sort_info
+    exported = [record[0] for record in main_rows(export(client, body))[1:]]
+    gullies = sim.dataset.ids(GULLIES)
+    if key is None:
+        assert exported == sorted(gullies, reverse=descending)
+        return
+    valued = [i for i in gullies if sim.dataset.value(i, key) is not None]
+    empty = [i for i in gullies if sim.dataset.value(i, key) is None]
+    assert exported == sorted(valued, key=lambda i: sim.dataset.value(i, key) or "") + empty
+
+
+def test_fields_alloy_does_not_use_are_ignored_at_every_level(client: httpx.Client) -> None:
+    plain = example("Graffiti Reports")
+    decorated = copy.deepcopy(plain)
+    decorated["exportTimeZone"] = "Europe/London"
+    decorated["aqs"]["version"] = 2
+    decorated["aqs"]["properties"]["__dataExplorerColumns"] = ["attributes_itemsTitle"]
+    decorated["aqs"]["properties"]["sortInfo"]["nullsLast"] = True
+    decorated["aqs"]["children"][0]["properties"] = {"__dataExplorerFilter": "attributes_graffitiStatus"}
+    decorated["aqs"]["children"][0]["children"][0]["properties"]["label"] = "Status"
+    decorated["aqs"]["children"][0]["children"][1]["note"] = "open or in progress"
+    assert main_rows(export(client, decorated)) == main_rows(export(client, plain))
+    without_children = copy.deepcopy(plain)
+    del without_children["aqs"]["children"]
+    assert len(main_rows(export(client, without_children))) == 1 + 150
 
 
 def test_duplicate_display_names_and_punctuation_stay_in_the_header(client: httpx.Client) -> None:
@@ -359,12 +614,122 @@ def test_greater_than_last_edit_date_returns_only_edited_items(sim: AlloySimulat
 
 def test_and_keeps_the_query_filter_alongside_the_watermark(sim: AlloySimulator, client: httpx.Client) -> None:
     body = example("Graffiti Reports")
-    reopened, closed = sim.dataset.ids("designs_graffitiReport")[:2]
+    reopened, closed = sim.dataset.ids(GRAFFITI)[:2]
     sim.dataset.set_value(reopened, "attributes_graffitiStatus", "Open")
     sim.dataset.set_value(closed, "attributes_graffitiStatus", "Closed")
     both = {"type": "And", "children": [body["aqs"]["children"][0], SINCE_2024]}
     records = main_rows(export(client, with_filter(body, both)))[1:]
     assert [record[0] for record in records] == [reopened]
+
+
+def attribute(code: str, path: str | None = None) -> dict[str, Any]:
+    return {"type": "Attribute", "properties": {"attributeCode": code, **({"path": path} if path else {})}}
+
+
+def strings(*values: str) -> dict[str, Any]:
+    return {"type": "String", "properties": {"value": list(values)}}
+
+
+def node(kind: str, *children: dict[str, Any], **properties: Any) -> dict[str, Any]:
+    return {"type": kind, "children": list(children), **({"properties": properties} if properties else {})}
+
+
+FILTERS: list[Any] = [
+    pytest.param(
+        node(
+            "Or",
+            node("Equals", attribute("attributes_jobStatus"), strings("Closed")),
+            node("Equals", attribute("attributes_jobPriority"), strings("Urgent")),
+        ),
+        lambda d: (
+            lambda j: d.value(j, "attributes_jobStatus") == "Closed" or d.value(j, "attributes_jobPriority") == "Urgent"
+        ),
+        id="or",
+    ),
+    pytest.param(
+        node("NotEquals", attribute("attributes_jobStatus"), strings("Closed", "Open")),
+        lambda d: lambda j: d.value(j, "attributes_jobStatus") not in ("Closed", "Open"),
+        id="not-equals-list",
+    ),
+    pytest.param(
+        node("Equals", attribute("attributes_jobStatus"), strings("Closed"), linkNegated=True),
+        lambda d: lambda j: d.value(j, "attributes_jobStatus") != "Closed",
+        id="link-negated",
+    ),
+    pytest.param(
+        node("StartsWith", attribute("attributes_jobType"), strings("Bin R", "Lid")),
+        lambda d: lambda j: (d.value(j, "attributes_jobType") or "").startswith(("Bin R", "Lid")),
+        id="starts-with",
+    ),
+    pytest.param(
+        node("Exists", attribute("attributes_jobNotes")),
+        lambda d: lambda j: bool(d.value(j, "attributes_jobNotes")),
+        id="exists",
+    ),
+    pytest.param(
+        node("Exists", attribute(CONTAINER_LINK)),
+        lambda d: lambda j: bool(d.linked_ids(j, CONTAINER_LINK)),
+        id="exists-link",
+    ),
+    pytest.param(
+        node(
+            "LessThan",
+            attribute("attributes_jobRaisedDate"),
+            {"type": "DateTime", "properties": {"value": ["2023-07-01T00:00:00.000Z"]}},
+        ),
+        lambda d: lambda j: (d.value(j, "attributes_jobRaisedDate") or "9") < "2023-07-01T00:00:00.000Z",
+        id="less-than-datetime-attribute",
+    ),
+    pytest.param(
+        node(
+            "GreaterThan",
+            attribute("attributes_jobRaisedDate"),
+            {"type": "Date", "properties": {"value": ["2023-10-01"]}},
+            inclusive=True,
+        ),
+        lambda d: lambda j: (d.value(j, "attributes_jobRaisedDate") or "") >= "2023-10-01",
+        id="greater-than-or-equal-date",
+    ),
+    pytest.param(
+        node(
+            "Equals",
+            attribute("attributes_premisesPropertyType", f"root^{PREMISES_LINK}<{PREMISES}>"),
+            strings("Shop", "Office"),
+        ),
+        lambda d: (
+            lambda j: any(
+                j in d.linked_ids(p, PREMISES_LINK)
+                and d.value(p, "attributes_premisesPropertyType") in ("Shop", "Office")
+                for p in d.ids(PREMISES)
+            )
+        ),
+        id="path-through-a-reverse-join",
+    ),
+    pytest.param(
+        node(
+            "Equals",
+            {"type": "ItemProperty", "properties": {"itemPropertyName": "itemId"}},
+            {"type": "AlloyId", "properties": {"value": ["ids"]}},
+        ),
+        None,
+        id="item-ids",
+    ),
+]
+
+
+@pytest.mark.parametrize(("condition", "expected"), FILTERS)
+def test_filter_nodes_keep_the_items_alloy_would(
+    sim: AlloySimulator, client: httpx.Client, condition: dict[str, Any], expected: Any
+) -> None:
+    jobs = sim.dataset.ids(JOBS)
+    if expected is None:
+        condition["children"][1]["properties"]["value"] = jobs[3:6]
+        wanted = jobs[3:6]
+    else:
+        wanted = [job for job in jobs if expected(sim.dataset)(job)]
+    assert 0 < len(wanted) < len(jobs), "the filter keeps some jobs, not all"
+    records = main_rows(export(client, with_filter(example("DW Container Job"), condition)))[1:]
+    assert [record[0] for record in records] == wanted
 
 
 def _since(value: str) -> dict[str, Any]:
@@ -374,7 +739,6 @@ def _since(value: str) -> dict[str, Any]:
 
 
 DROP = object()
-CONTAINER_TITLE = "designs_wasteContainer.attributes_itemsTitle"
 
 
 @pytest.mark.parametrize(
@@ -386,19 +750,20 @@ CONTAINER_TITLE = "designs_wasteContainer.attributes_itemsTitle"
         pytest.param("aqs.type", "Aggregate", id="root-type"),
         pytest.param("aqs.properties.dodiCode", "designs_nothing", id="unknown-design"),
         pytest.param("aqs.properties.attributes", ["attributes_nothing"], id="unknown-attribute"),
-        pytest.param("aqs.properties.collectionCode", ["Archive"], id="unknown-collection"),
-        pytest.param(
-            "aqs.properties.joinAttributes",
-            ["root.attributes_jobAssignedContainer.designs_street.attributes_itemsTitle"],
-            id="join-to-the-wrong-design",
-        ),
-        pytest.param(
-            "aqs.properties.joinAttributes", [f"root.attributes_nothing.{CONTAINER_TITLE}"], id="unknown-link"
-        ),
-        pytest.param("aqs.properties.joinAttributes", ["attributes_itemsTitle"], id="join-path-shape"),
+        pytest.param("aqs.properties.collectionCode", ["Deleted"], id="unknown-collection"),
+        pytest.param("aqs.properties.sortInfo", {"attributeCode": "attributes_nothing"}, id="sort-on-nothing"),
+        pytest.param("aqs.properties.sortInfo", {"sortOrder": "Ascending"}, id="sort-on-no-key"),
         pytest.param("aqs.children", [SINCE_2024, SINCE_2024], id="two-root-children"),
         pytest.param("aqs.children", [{"type": "Like", "children": []}], id="unsupported-node"),
         pytest.param("aqs.children", [{"type": "And", "children": []}], id="empty-and"),
+        pytest.param(
+            "aqs.children", [node("Equals", attribute("attributes_nothing"), strings("x"))], id="filter-on-nothing"
+        ),
+        pytest.param(
+            "aqs.children",
+            [node("Exists", attribute("attributes_itemsTitle", "root^attributes_nothing<designs_premises>"))],
+            id="filter-path-unservable",
+        ),
         pytest.param("aqs.children", [_since("2024-01-01")], id="date-without-time"),
         pytest.param("aqs.children", [_since("2024-13-01T00:00:00.000Z")], id="impossible-date"),
         pytest.param("aqs.children", [{"type": "Equals", "children": SINCE_2024["children"]}], id="equals-on-a-date"),
@@ -417,6 +782,44 @@ def test_bad_requests_are_400(client: httpx.Client, path: str, value: Any) -> No
     response = client.post("/api/export", json=body)
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"errorCode", "message"}
+
+
+UNSERVABLE = [
+    pytest.param("attributes_itemsTitle", id="no-root"),
+    pytest.param("root.attributes_itemsTitle", id="no-step"),
+    pytest.param("root.attributes_jobAssignedContainer..attributes_itemsTitle", id="empty-step"),
+    pytest.param("root^attributes_premisesContainerJobs<designs_premises>", id="ends-in-a-reverse-step"),
+    pytest.param("root.attributes_nothing.attributes_itemsTitle", id="unknown-link"),
+    pytest.param(
+        "root.attributes_jobAssignedContainer<designs_street>.attributes_itemsTitle", id="link-to-another-design"
+    ),
+    pytest.param("root.attributes_jobAssignedContainer.attributes_nothing", id="unknown-attribute"),
+    pytest.param("root^attributes_premisesContainerJobs<designs_nothing>.attributes_itemsTitle", id="unknown-design"),
+    pytest.param("root^attributes_premisesStreet<designs_premises>.attributes_itemsTitle", id="reverse-link-elsewhere"),
+    pytest.param("root^attributes_nothing.attributes_itemsTitle", id="reverse-link-nowhere"),
+    pytest.param(
+        f"root^{PREMISES_LINK}<{PREMISES}>^{ROUND_LINK}<{ROUNDS}>.attributes_premisesUprn", id="attribute-of-the-parent"
+    ),
+]
+
+
+@pytest.mark.parametrize("path", UNSERVABLE)
+def test_a_join_path_alloy_cannot_serve_is_400_naming_it(client: httpx.Client, path: str) -> None:
+    body = example("DW Container Job")
+    body["aqs"]["properties"]["joinAttributes"].append(path)
+    response = client.post("/api/export", json=body)
+    assert response.status_code == 400, response.text
+    assert path in response.json()["message"]
+
+
+def test_reverse_steps_may_leave_the_design_out_when_one_design_links_back(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
+    body = four_forms("Code")
+    body["aqs"]["properties"]["joinAttributes"] = [f"root^{PREMISES_LINK}.attributes_premisesUprn"]
+    archive = export(client, body)
+    assert archive.namelist()[1:] == ["JoinedDesign_Premises_1.csv"]
+    assert rows(archive, "JoinedDesign_Premises_1.csv")[1][2] == f"root^{PREMISES_LINK}"
 
 
 def test_a_query_takes_no_joins_and_a_body_must_be_json(client: httpx.Client) -> None:
@@ -576,7 +979,8 @@ def test_demo_dataset_is_deterministic() -> None:
     assert len(ids) == 200 and ids == second.ids(JOBS) and ids != other.ids(JOBS)
     assert [first.item(i) for i in ids] == [second.item(i) for i in ids]
     assert {first.item(i).last_edit_date.year for i in ids} == {2023}
-    assert {first.count(code) for code in first.designs} == {60, 120, 200, 150, 100}
+    assert [first.count(code) for code in first.designs] == [60, 120, 200, 150, 100, 150, 12]
+    assert first.roots == (JOBS, GRAFFITI, GULLIES)
 
 
 def test_clearing_a_link_removes_the_joined_rows(sim: AlloySimulator, client: httpx.Client) -> None:
@@ -584,8 +988,8 @@ def test_clearing_a_link_removes_the_joined_rows(sim: AlloySimulator, client: ht
     sim.dataset.relink(job, CONTAINER_LINK, [])
     archive = export(client, example("DW Container Job"))
     main = {record[0]: record for record in main_rows(archive)[1:]}
-    assert main[job][-3:] == ["", "", ""]
-    assert job not in {row[6] for row in rows(archive, "JoinedDesign_Waste Container_1.csv")[1:]}
+    assert main[job][7:10] == ["", "", ""]
+    assert job not in {row[-1] for row in rows(archive, "JoinedDesign_Waste Container_1.csv")[1:]}
     assert sim.dataset.item(job).last_edit_date.year >= 2024
 
 
@@ -634,3 +1038,209 @@ def test_simulate_day_is_deterministic_and_seen_by_an_incremental_export(
     }
     assert exported == touched
     assert not exported & set(changes.deleted)
+
+
+# --- designs synthesized from a council's AQS file ----------------------------------------------
+
+HEX = "64b0c1d2e3f4a5b6c7d8e9f0"
+STREET_CLEANSING = "designs_streetCleansingJob_" + HEX
+WARD_LINK = "attributes_streetCleansingJobWardName_64b0c1d2e3f4a5b6c7d8e9f2"
+COUNCIL_PREMISES = "designs_nlpgPremises"
+ASSIGNABLE = "attributes_tasksAssignableTasks"
+ASSETS = "attributes_assetGroupsAssets"
+WASTE_GROUPS = "designs_wasteGroups"
+BY_PREMISES = f"root^{ASSIGNABLE}<{COUNCIL_PREMISES}>"
+COUNCIL_FILE: dict[str, Any] = {
+    "aqs": {
+        "type": "Join",
+        "properties": {
+            "dodiCode": STREET_CLEANSING,
+            "collectionCode": ["Live", "Archive"],
+            "attributes": [
+                "attributes_itemsTitle",
+                "attributes_itemsSubtitle",
+                "attributes_streetCleansingJobBagsCollected_64b0c1d2e3f4a5b6c7d8e9f1",
+                "attributes_tasksStatus",
+                "attributes_tasksRaisedTime",
+                "attributes_itemsGeometry",
+                WARD_LINK,
+            ],
+            "joinAttributes": [
+                "root.attributes_tasksStatus.attributes_taskStatusesStatus",
+                f"root.{WARD_LINK}.attributes_wardWard_5f69d91b8163400065ea0682",
+                f"{BY_PREMISES}.attributes_nlpgPremisesUprn",
+                f"{BY_PREMISES}.attributes_itemsTitle",
+                f"{BY_PREMISES}^{ASSETS}<{WASTE_GROUPS}>.attributes_wasteGroupsStreet_5f89babde27d980067890023",
+                f"{BY_PREMISES}.attributes_nlpgPremisesServiceType_5f9beae0a198dd0064e02c1a"
+                ".attributes_dWServiceTypeServiceType_5f9bea46bb524b006572f728",
+            ],
+            "sortInfo": {"attributeCode": "attributes_tasksRaisedTime", "sortOrder": "Descending"},
+        },
+        "children": [
+            {
+                "type": "And",
+                "children": [
+                    {
+                        "type": "Equals",
+                        "children": [
+                            {
+                                "type": "Attribute",
+                                "properties": {"attributeCode": "attributes_premisesBlpuClass", "path": BY_PREMISES},
+                            },
+                            {"type": "String", "properties": {"value": ["R", "RD", "RD04"]}},
+                        ],
+                    }
+                ],
+            }
+        ],
+    },
+    "parameterValues": [],
+    "fileName": "Street Cleansing.csv",
+    "exportHeaderType": "Name",
+    "discriminator": "CsvExportWebRequestModel",
+}
+"""Shaped like a council's file: hex-suffixed codes, interface attributes, reverse and chained
+joins, a forward join behind a reverse one, a filter through a path; none of it in the demo."""
+
+
+@pytest.fixture
+def council(tmp_path: Path) -> Iterator[AlloySimulator]:
+    aqs_file = tmp_path / "Street Cleansing.json"
+    aqs_file.write_text(json.dumps(COUNCIL_FILE, indent=2), encoding="utf-8")
+    dataset = dataset_for_queries([json.loads(aqs_file.read_text(encoding="utf-8"))], base=demo_dataset())
+    with AlloySimulator(dataset=dataset, api_key=API_KEY) as simulator:
+        yield simulator
+
+
+def test_a_synthesized_dataset_serves_an_aqs_file_the_simulator_has_never_seen(council: AlloySimulator) -> None:
+    with connect(council) as http:
+        archive = export(http, COUNCIL_FILE)
+    assert archive.namelist() == [
+        "Street Cleansing/Street Cleansing.csv",
+        "JoinedDesign_Task Statuses_1.csv",
+        "JoinedDesign_Ward_2.csv",
+        "JoinedDesign_Nlpg Premises_3.csv",
+        "JoinedDesign_Waste Groups_4.csv",
+        "JoinedDesign_DW Service Type_5.csv",
+    ]
+    header, *records = main_rows(archive)
+    assert header == [
+        "Item ID",
+        "Title",
+        "Subtitle",
+        "Bags Collected",
+        "Status",
+        "Raised Time",
+        "Geometry",
+        "Ward Name",
+        "root.Status.Task Statuses.Status",
+        "root.Status.Task Statuses.Item IDs",
+        "root.Ward Name.Ward.Ward",
+        "root.Ward Name.Ward.Item IDs",
+        "root.Assignable Tasks.Nlpg Premises.Uprn",
+        "root.Assignable Tasks.Nlpg Premises.Title",
+        "root.Assignable Tasks.Nlpg Premises.Item IDs",
+        "root.Assignable Tasks.Groups Assets.Waste Groups.Street",
+        "root.Assignable Tasks.Groups Assets.Waste Groups.Item IDs",
+        "root.Assignable Tasks.Service Type.DW Service Type.Service Type",
+        "root.Assignable Tasks.Service Type.DW Service Type.Item IDs",
+    ]
+    dataset = council.dataset
+    roots = dataset.ids(STREET_CLEANSING)
+    assert len(roots) == 300 and dataset.count(COUNCIL_PREMISES) < len(roots)
+    classes = {p: dataset.value(p, "attributes_premisesBlpuClass") for p in dataset.ids(COUNCIL_PREMISES)}
+    kept = {
+        root
+        for root in roots
+        if any(root in dataset.linked_ids(p, ASSIGNABLE) and blpu in ("R", "RD", "RD04") for p, blpu in classes.items())
+    }
+    assert 0 < len(kept) < len(roots)
+    assert {record[0] for record in records} == kept
+    raised = [record[header.index("Raised Time")] for record in records]
+    assert [value for value in raised if value] == sorted(filter(None, raised), reverse=True)
+    status = header.index("Status")
+    assert all(
+        record[status] == ", ".join(dataset.linked_ids(record[0], "attributes_tasksStatus")) for record in records
+    )
+    geometry = json.loads(next(record[6] for record in records if record[6]))
+    assert geometry["type"] == "Point"
+
+    groups_header, *groups = rows(archive, "JoinedDesign_Waste Groups_4.csv")
+    assert groups_header == [
+        "Item ID",
+        "Street",
+        "AQS Path",
+        "Predecessor File",
+        "Predecessor Item",
+        "Predecessor Title",
+        "Primary Item",
+    ]
+    assert groups and {row[3] for row in groups} == {"JoinedDesign_Nlpg Premises_3.csv"}
+    assert all(row[4] in dataset.linked_ids(row[0], ASSETS) for row in groups)
+    statuses_header = rows(archive, "JoinedDesign_Task Statuses_1.csv")[0]
+    assert statuses_header[-3:] == ["Predecessor Title", "Predecessor Subtitle", "Primary Item"]
+
+
+def test_synthesized_names_come_from_the_codes(council: AlloySimulator) -> None:
+    designs = council.dataset.designs
+    job = designs[STREET_CLEANSING]
+    assert job.name == "Street Cleansing Job"
+    assert [attribute.name for attribute in job.attributes][:3] == ["Title", "Subtitle", "Bags Collected"]
+    assert [(link.code, link.name, link.targets) for link in job.links] == [
+        ("attributes_tasksStatus", "Status", ("designs_taskStatuses",)),
+        (WARD_LINK, "Ward Name", ("designs_ward",)),
+    ]
+    assert [(link.code, link.targets) for link in designs[COUNCIL_PREMISES].links] == [
+        (ASSIGNABLE, (STREET_CLEANSING,)),
+        ("attributes_nlpgPremisesServiceType_5f9beae0a198dd0064e02c1a", ("designs_dWServiceType",)),
+    ]
+    assert designs[WASTE_GROUPS].links[0].targets == (COUNCIL_PREMISES,)
+    assert council.dataset.roots[-1] == STREET_CLEANSING
+
+
+def test_synthesis_is_deterministic_and_shares_designs_between_files() -> None:
+    other = copy.deepcopy(COUNCIL_FILE)
+    other["aqs"]["properties"]["dodiCode"] = "designs_gullyCleanse_" + HEX
+    other["aqs"]["properties"]["attributes"] = ["attributes_itemsTitle", "attributes_tasksStatus"]
+    other["aqs"]["properties"]["joinAttributes"] = [
+        "root.attributes_tasksStatus.attributes_itemsTitle",
+        f"root^{ASSIGNABLE}<{COUNCIL_PREMISES}>.attributes_premisesPostcode",
+    ]
+    first = dataset_for_queries([COUNCIL_FILE, other["aqs"]])
+    again = dataset_for_queries([COUNCIL_FILE, other["aqs"]])
+    assert first.designs.keys() == again.designs.keys()
+    assert [first.item(i) for i in first.ids(STREET_CLEANSING)] == [again.item(i) for i in again.ids(STREET_CLEANSING)]
+    assert dataset_for_queries([COUNCIL_FILE], seed=12).ids(STREET_CLEANSING) != first.ids(STREET_CLEANSING)
+    assert first.roots == (STREET_CLEANSING, "designs_gullyCleanse_" + HEX)
+    statuses = first.designs["designs_taskStatuses"]
+    assert [attribute.code for attribute in statuses.attributes] == [
+        "attributes_itemsTitle",
+        "attributes_taskStatusesStatus",
+    ]
+    premises = first.designs[COUNCIL_PREMISES]
+    assert "attributes_premisesPostcode" in [attribute.code for attribute in premises.attributes]
+    assert premises.links[0].targets == (STREET_CLEANSING, "designs_gullyCleanse_" + HEX)
+    assert (
+        dataset_for_queries([example("DW Container Job")], base=demo_dataset()).designs.keys()
+        == demo_dataset().designs.keys()
+    )
+
+
+def test_simulate_day_changes_the_synthesized_roots(council: AlloySimulator) -> None:
+    dataset = council.dataset
+    before = set(dataset.ids(STREET_CLEANSING))
+    premises = {p: dataset.item(p) for p in dataset.ids(COUNCIL_PREMISES)}
+    changes = dataset.simulate_day(seed=3)
+    after = set(dataset.ids(STREET_CLEANSING))
+    assert set(changes.inserted) & after and set(changes.deleted) & before and not set(changes.deleted) & after
+    touched = (set(changes.edited) | set(changes.inserted) | set(changes.unlinked)) & after
+    assert touched and len(touched) < len(after)
+    unfiltered = copy.deepcopy(COUNCIL_FILE)
+    del unfiltered["aqs"]["children"]
+    with connect(council) as http:
+        records = main_rows(export(http, with_filter(unfiltered, SINCE_2024)))[1:]
+    assert {record[0] for record in records} == touched
+    gone = set(changes.deleted)
+    assert all(dataset.item(p) == item for p, item in premises.items() if not gone & set(item.links[0])), (
+        "premises change only where a deleted root drops out of their links"
+    )

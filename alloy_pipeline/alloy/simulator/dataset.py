@@ -2,6 +2,8 @@
 
 Items are immutable; a mutation replaces an item and stamps `lastEditDate = now`, as Alloy does,
 so incremental exports have work to do. `Dataset.snapshot()` freezes what an export will read.
+A link attribute points at items of one design, or of several (a link to an interface, which
+an AQS path narrows with `<designs_…>`).
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ class Attribute:
 
 @dataclass(frozen=True)
 class LinkAttribute:
-    """An attribute whose value is a list of items of the `target` design."""
+    """An attribute whose value is a list of items of the `targets` designs (usually one)."""
 
     code: str
     name: str
-    target: str
+    targets: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError(f"link attribute {self.code} links to no design")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Design:
             if link.code == code:
                 return position
         raise KeyError(f"design {self.code} has no link attribute {code}")
+
+    def has_link(self, code: str) -> bool:
+        return any(link.code == code for link in self.links)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,25 +243,37 @@ class Snapshot:
         table = self._by_prefix.get(item_id[:18])
         return None if table is None else table.get(item_id)
 
+    def find_in(self, design: str, item_id: str) -> Item | None:
+        """The live item with this id if it is one of `design`'s, else None."""
+        return self._tables[design].get(item_id)
+
 
 class Dataset:
-    """The items of every design, behind one lock; build one with `demo_dataset()` or
-    `synthetic_dataset()`.
+    """The items of every design, behind one lock; build one with `demo_dataset()`,
+    `synthetic_dataset()` or `dataset_for_queries()`.
 
     Mutations stamp `lastEditDate = now` on what they change, as Alloy does, so incremental
     exports (`lastEditDate > watermark`) pick them up. Random choices come from a generator
     seeded from the dataset's seed, so a test that repeats the same calls gets the same items.
+    `roots` are the designs that queries export (their `dodiCode`s): the ones `simulate_day`
+    works on.
     """
 
-    def __init__(self, tables: Iterable[ItemTable], *, seed: int) -> None:
+    def __init__(self, tables: Iterable[ItemTable], *, seed: int, roots: Iterable[str]) -> None:
         self._tables = {table.design.code: table for table in tables}
         self._by_prefix = {table.id_prefix: table for table in self._tables.values()}
         if len(self._by_prefix) != len(self._tables):
             raise ValueError("two designs share an id prefix")
         for table in self._tables.values():
             for link in table.design.links:
-                if link.target not in self._tables:
-                    raise ValueError(f"{table.design.code}.{link.code} links to unknown {link.target}")
+                for target in link.targets:
+                    if target not in self._tables:
+                        raise ValueError(f"{table.design.code}.{link.code} links to unknown {target}")
+        self._roots = tuple(dict.fromkeys(roots))
+        unknown = [root for root in self._roots if root not in self._tables]
+        if unknown:
+            raise ValueError(f"unknown root designs: {', '.join(unknown)}")
+        self._seed = seed
         self._lock = threading.RLock()
         self._rng = random.Random(f"{seed}:changes")
 
@@ -264,6 +285,17 @@ class Dataset:
     @property
     def designs(self) -> Mapping[str, Design]:
         return MappingProxyType({code: table.design for code, table in self._tables.items()})
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return self._roots
+
+    def extended(self, tables: Iterable[ItemTable], *, roots: Iterable[str]) -> Dataset:
+        """A new dataset holding a copy of this one's items and `tables`, with `roots` added:
+        how designs synthesized from AQS files join the demo council's."""
+        with self._lock:
+            copies = [table.copy() for table in self._tables.values()]
+        return Dataset([*copies, *tables], seed=self._seed, roots=(*self._roots, *roots))
 
     def design(self, code: str) -> Design:
         return self._table(code).design
@@ -335,23 +367,25 @@ class Dataset:
             return self._delete(self._table(design), items, self._rng)
 
     def relink(self, item_id: str, link_attribute: str, new_ids: Sequence[str]) -> None:
-        """Point link attribute code `link_attribute` of one item at `new_ids` (empty: clear it)."""
+        """Point link attribute code `link_attribute` of one item at `new_ids` (empty: clear it;
+        an id given twice is linked once, as in Alloy)."""
         with self._lock:
             table = self._table(self._design_of(item_id).code)
             position = table.design.link_position(link_attribute)
-            target = self._table(table.design.links[position].target)
+            targets = [self._table(target) for target in table.design.links[position].targets]
             for new_id in new_ids:
-                if target.get(new_id) is None:
-                    raise KeyError(f"{new_id} is not a live {target.design.code} item")
-            table.put(_with_links(self.item(item_id), position, tuple(new_ids), _now_ms()))
+                if all(target.get(new_id) is None for target in targets):
+                    raise KeyError(f"{new_id} is not a live item of {', '.join(t.design.code for t in targets)}")
+            table.put(_with_links(self.item(item_id), position, tuple(dict.fromkeys(new_ids)), _now_ms()))
 
     def simulate_day(self, seed: int) -> Changes:
-        """A small day of council work on every root design (one that nothing links to).
+        """A small day of council work on every root design (a design that queries export).
 
         About 3% of items edited, 1% deleted, 2% inserted (at least one of each), and on each
-        design with links one item's link cleared. Linked designs (streets, containers) are left
-        alone because editing them would not bump their root items' `lastEditDate` in Alloy
-        either, and a demo day should be fully visible to an incremental export.
+        root design with links one item's link cleared. Other designs (streets, containers, the
+        premises a reverse join reaches) are left alone: editing them would not bump their root
+        items' `lastEditDate` in Alloy either, and a demo day should be fully visible to an
+        incremental export.
         """
         rng = random.Random(seed)
         edited: list[str] = []
@@ -359,7 +393,7 @@ class Dataset:
         deleted: list[str] = []
         unlinked: list[str] = []
         with self._lock:
-            for table in self._root_tables():
+            for table in (self._tables[root] for root in self._roots):
                 size = len(table)
                 n_edit, n_delete = max(1, size * 3 // 100), max(1, size // 100)
                 picked = table.sample_ids(rng, min(size, n_edit + n_delete))
@@ -380,10 +414,6 @@ class Dataset:
         if table is None:
             raise KeyError(f"no live item {item_id}")
         return table.design
-
-    def _root_tables(self) -> list[ItemTable]:
-        targets = {link.target for table in self._tables.values() for link in table.design.links}
-        return [table for code, table in self._tables.items() if code not in targets]
 
     def _pick(self, table: ItemTable, items: int | Iterable[str], rng: random.Random) -> list[Item]:
         if isinstance(items, int):
@@ -417,7 +447,7 @@ class Dataset:
         return values, links
 
     def _new_link(self, link: LinkAttribute, rng: random.Random) -> tuple[str, ...]:
-        target = self._tables[link.target]
+        target = self._tables[link.targets[0] if len(link.targets) == 1 else rng.choice(link.targets)]
         return tuple(target.sample_ids(rng, min(len(target), link_count(rng))))
 
     def _delete(self, table: ItemTable, items: int | Iterable[str], rng: random.Random) -> list[str]:
@@ -430,7 +460,7 @@ class Dataset:
     def _drop_links_to(self, design: str, gone: frozenset[str]) -> None:
         now = _now_ms()
         for table in self._tables.values():
-            positions = [i for i, link in enumerate(table.design.links) if link.target == design]
+            positions = [i for i, link in enumerate(table.design.links) if design in link.targets]
             if not positions or not gone:
                 continue
             stale = [item for item in table if any(gone.intersection(item.links[i]) for i in positions)]

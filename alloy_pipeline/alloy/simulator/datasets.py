@@ -1,14 +1,15 @@
 """The datasets the simulator serves: a small demo council, and a big cheap synthetic one.
 
 Both are derived from a seed, so the same seed gives the same items and tests can assert exact
-rows. The synthetic dataset computes its items on demand, for million-row benchmarks.
+rows. The synthetic dataset computes its items on demand, for million-row benchmarks. Designs for
+AQS files the demo does not know are synthesized from the files alone (`synthesis`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -23,29 +24,22 @@ from alloy_pipeline.alloy.simulator.dataset import (
     Sampler,
     link_count,
 )
-
-_YEAR_2023 = datetime(2023, 1, 1, tzinfo=UTC)
-
-
-def _moment_in_2023(rng: random.Random) -> datetime:
-    return _YEAR_2023 + timedelta(seconds=rng.randrange(SECONDS_PER_YEAR), milliseconds=rng.randrange(1000))
-
-
-def _alloy_datetime(moment: datetime) -> str:
-    """UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`, the form Alloy uses in exports and DateTime filters."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
+from alloy_pipeline.alloy.simulator.samplers import (
+    STREET_NAMES,
+    TOWNS,
+    YEAR_2023,
+    date_2023,
+    digits,
+    location,
+    maybe,
+    moment_in_2023,
+    pick,
+    postcode,
+    reference,
+    weighted,
+)
 
 # fmt: off
-_STREET_NAMES = (
-    "High Street", "Station Road", "Church Lane", "Mill Lane", "Victoria Road", "Park Avenue",
-    "London Road", "Queen Street", "King's Road", "The Crescent", "Albert Road", "Manor Way",
-    "Orchard Close", "Green Lane", "Bridge Street", "Market Place", "North Street", "School Lane",
-    "Chapel Street", "Elm Grove", "St John's Road", "Castle Hill", "Meadow View", "Windmill Rise",
-    "Brook Street", "Cherry Tree Walk", "Priory Road", "Kingsway", "Water Lane", "Oak Drive",
-)
-_TOWNS = ("Ashford", "Maidstone", "Tonbridge", "Sevenoaks", "Dartford", "Faversham")
 _STATUS_WEIGHTS = MappingProxyType({"Open": 35, "In Progress": 20, "Closed": 45})
 _ROAD_CLASS_WEIGHTS = MappingProxyType({"A Road": 2, "B Road": 3, "Unclassified": 10})
 _CONTAINER_TYPE_WEIGHTS = MappingProxyType(
@@ -53,6 +47,8 @@ _CONTAINER_TYPE_WEIGHTS = MappingProxyType(
 )
 _PRIORITY_WEIGHTS = MappingProxyType({"Low": 4, "Medium": 6, "High": 3, "Urgent": 1})
 _CONDITION_WEIGHTS = MappingProxyType({"Good": 5, "Fair": 4, "Poor": 2, "Blocked": 1})
+_PROPERTY_TYPE_WEIGHTS = MappingProxyType({"House": 6, "Flat": 5, "Shop": 2, "Office": 1})
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 _JOB_TYPES = (
     "Bin Delivery", "Bin Repair", "Bin Removal", "Missed Collection", "Bin Replacement", "Lid Replacement"
 )
@@ -102,37 +98,6 @@ _GULLY_CREW_NOTES: tuple[str | None, ...] = (
 # fmt: on
 
 
-def _pick(*choices: str | None) -> Sampler:
-    return lambda rng: rng.choice(choices)
-
-
-def _weighted(weights: Mapping[str, int]) -> Sampler:
-    """Draw a key of `weights`, as often as its weight says (most jobs are not urgent)."""
-    choices, counts = list(weights), list(weights.values())
-    return lambda rng: rng.choices(choices, weights=counts)[0]
-
-
-def _reference(prefix: str) -> Sampler:
-    return lambda rng: f"{prefix}-{rng.randrange(10**6):06d}"
-
-
-def _maybe(sampler: Sampler, empty_one_in: int) -> Sampler:
-    """`sampler`, but empty (None) about once in `empty_one_in` draws."""
-    return lambda rng: None if rng.randrange(empty_one_in) == 0 else sampler(rng)
-
-
-def _date_2023(rng: random.Random) -> str:
-    return _alloy_datetime(_YEAR_2023 + timedelta(minutes=rng.randrange(SECONDS_PER_YEAR // 60)))
-
-
-def _location(rng: random.Random) -> str:
-    return f"{rng.randrange(1, 160)} {rng.choice(_STREET_NAMES)}, {rng.choice(_TOWNS)}"
-
-
-def _usrn(rng: random.Random) -> str:
-    return str(rng.randrange(10**7, 10**8))
-
-
 def _serial_number(rng: random.Random) -> str:
     return f"SN{rng.getrandbits(32):08X}"
 
@@ -141,80 +106,124 @@ def _depth_mm(rng: random.Random) -> str:
     return str(rng.randrange(0, 300, 5))
 
 
+def _premises_address(rng: random.Random) -> str:
+    return f"{rng.randrange(1, 160)} {rng.choice(STREET_NAMES)}"
+
+
+def _premises_locality(rng: random.Random) -> str:
+    return f"{rng.choice(TOWNS)} {postcode(rng)}"
+
+
 def _design(code: str, name: str, attributes: Iterable[tuple[str, str, Sampler]], *links: LinkAttribute) -> Design:
     return Design(code, name, tuple(Attribute(*attribute) for attribute in attributes), links)
 
 
+def _link(code: str, name: str, target: Design) -> LinkAttribute:
+    return LinkAttribute(code, name, (target.code,))
+
+
 def _demo_designs() -> tuple[Design, ...]:
-    """The five designs of the demo council, linked designs first so links can be sampled."""
-    title = "attributes_itemsTitle"
+    """The designs of the demo council, each after the designs it links to, so links can be
+    sampled from items that exist."""
+    title, subtitle = "attributes_itemsTitle", "attributes_itemsSubtitle"
     # fmt: off
     street = _design("designs_street", "Street", [
-        (title, "Title", _pick(*_STREET_NAMES)),
-        ("attributes_streetUsrn", "USRN", _usrn),
-        ("attributes_streetTown", "Town", _pick(*_TOWNS)),
-        ("attributes_streetRoadClass", "Road Class", _weighted(_ROAD_CLASS_WEIGHTS)),
+        (title, "Title", pick(*STREET_NAMES)),
+        ("attributes_streetUsrn", "USRN", digits(8)),
+        ("attributes_streetTown", "Town", pick(*TOWNS)),
+        ("attributes_streetRoadClass", "Road Class", weighted(_ROAD_CLASS_WEIGHTS)),
     ])
     container = _design("designs_wasteContainer", "Waste Container", [
-        (title, "Title", _reference("WC")),
-        ("attributes_wasteContainerType", "Container Type", _weighted(_CONTAINER_TYPE_WEIGHTS)),
+        (title, "Title", reference("WC")),
+        ("attributes_wasteContainerType", "Container Type", weighted(_CONTAINER_TYPE_WEIGHTS)),
         ("attributes_wasteContainerSerialNumber", "Serial Number", _serial_number),
-        ("attributes_wasteContainerLocation", "Location", _location),
-        ("attributes_wasteContainerInstalledDate", "Installed Date", _maybe(_date_2023, 5)),
+        ("attributes_wasteContainerLocation", "Location", location),
+        ("attributes_wasteContainerInstalledDate", "Installed Date", maybe(date_2023, 5)),
     ])
     job = _design("designs_wasteContainerJob", "Waste Container Job", [
-        (title, "Title", _reference("WCJ")),
-        ("attributes_jobStatus", "Status", _weighted(_STATUS_WEIGHTS)),
-        ("attributes_jobType", "Job Type", _pick(*_JOB_TYPES)),
-        ("attributes_jobPriority", "Priority", _weighted(_PRIORITY_WEIGHTS)),
-        ("attributes_jobRaisedDate", "Raised Date", _date_2023),
-        ("attributes_jobNotes", "Notes", _pick(*_JOB_NOTES)),
-    ], LinkAttribute("attributes_jobAssignedContainer", "Assigned Container", container.code))
+        (title, "Title", reference("WCJ")),
+        ("attributes_jobStatus", "Status", weighted(_STATUS_WEIGHTS)),
+        ("attributes_jobType", "Job Type", pick(*_JOB_TYPES)),
+        ("attributes_jobPriority", "Priority", weighted(_PRIORITY_WEIGHTS)),
+        ("attributes_jobRaisedDate", "Raised Date", date_2023),
+        ("attributes_jobNotes", "Notes", pick(*_JOB_NOTES)),
+    ], _link("attributes_jobAssignedContainer", "Assigned Container", container))
     graffiti = _design("designs_graffitiReport", "Graffiti Report", [
-        (title, "Title", _reference("GR")),
-        ("attributes_graffitiStatus", "Status", _weighted(_STATUS_WEIGHTS)),
-        ("attributes_graffitiSurface", "Surface", _pick(*_SURFACES)),
-        ("attributes_graffitiOffensive", "Offensive?", _weighted({"Yes": 1, "No": 5})),
-        ("attributes_graffitiReportedDate", "Reported Date", _date_2023),
-        ("attributes_graffitiDescription", "Description", _pick(*_GRAFFITI_DESCRIPTIONS)),
-    ], LinkAttribute("attributes_graffitiStreet", "Street", street.code))
+        (title, "Title", reference("GR")),
+        ("attributes_graffitiStatus", "Status", weighted(_STATUS_WEIGHTS)),
+        ("attributes_graffitiSurface", "Surface", pick(*_SURFACES)),
+        ("attributes_graffitiOffensive", "Offensive?", weighted({"Yes": 1, "No": 5})),
+        ("attributes_graffitiReportedDate", "Reported Date", date_2023),
+        ("attributes_graffitiDescription", "Description", pick(*_GRAFFITI_DESCRIPTIONS)),
+    ], _link("attributes_graffitiStreet", "Street", street))
     gully = _design("designs_gullyInspection", "Gully Inspection", [
-        (title, "Title", _reference("GI")),
-        ("attributes_gullyInspectionDate", "Inspection Date", _date_2023),
-        ("attributes_gullyStreet", "Street", _pick(*_STREET_NAMES)),
-        ("attributes_gullyCondition", "Condition", _weighted(_CONDITION_WEIGHTS)),
-        ("attributes_gullySiltDepth", "Depth (mm)", _maybe(_depth_mm, 8)),
-        ("attributes_gullyCleansed", "Cleansed?", _pick("Yes", "No")),
+        (title, "Title", reference("GI")),
+        ("attributes_gullyInspectionDate", "Inspection Date", date_2023),
+        ("attributes_gullyStreet", "Street", pick(*STREET_NAMES)),
+        ("attributes_gullyCondition", "Condition", weighted(_CONDITION_WEIGHTS)),
+        ("attributes_gullySiltDepth", "Depth (mm)", maybe(_depth_mm, 8)),
+        ("attributes_gullyCleansed", "Cleansed?", pick("Yes", "No")),
         # Two attributes share the display name "Notes": Name-header exports repeat the header.
-        ("attributes_gullyInspectorNotes", "Notes", _pick(*_GULLY_INSPECTOR_NOTES)),
-        ("attributes_gullyCrewNotes", "Notes", _pick(*_GULLY_CREW_NOTES)),
+        ("attributes_gullyInspectorNotes", "Notes", pick(*_GULLY_INSPECTOR_NOTES)),
+        ("attributes_gullyCrewNotes", "Notes", pick(*_GULLY_CREW_NOTES)),
     ])
+    # Premises point at the jobs done there, and rounds at the premises they collect from: the
+    # links a job export follows backwards (reverse joins), as Alloy's assets point at tasks.
+    premises = _design("designs_premises", "Premises", [
+        (title, "Title", _premises_address),
+        (subtitle, "Subtitle", _premises_locality),
+        ("attributes_premisesUprn", "UPRN", digits(12)),
+        ("attributes_premisesPropertyType", "Property Type", weighted(_PROPERTY_TYPE_WEIGHTS)),
+    ], _link("attributes_premisesContainerJobs", "Container Jobs", job),
+       _link("attributes_premisesStreet", "Street", street))
+    collection_round = _design("designs_collectionRound", "Collection Round", [
+        (title, "Title", reference("RND")),
+        ("attributes_collectionRoundDay", "Collection Day", pick(*_WEEKDAYS)),
+        ("attributes_collectionRoundCrew", "Crew", pick("Crew A", "Crew B", "Crew C")),
+    ], _link("attributes_collectionRoundPremises", "Premises", premises))
     # fmt: on
-    return street, container, job, graffiti, gully
+    return street, container, job, graffiti, gully, premises, collection_round
 
 
-_DEMO_SIZES = {
-    "designs_street": 60,
-    "designs_wasteContainer": 120,
-    "designs_wasteContainerJob": 200,
-    "designs_graffitiReport": 150,
-    "designs_gullyInspection": 100,
-}
+_DEMO_SIZES = MappingProxyType(
+    {
+        "designs_street": 60,
+        "designs_wasteContainer": 120,
+        "designs_wasteContainerJob": 200,
+        "designs_graffitiReport": 150,
+        "designs_gullyInspection": 100,
+        "designs_premises": 150,
+        "designs_collectionRound": 12,
+    }
+)
+DEMO_ROOTS = ("designs_wasteContainerJob", "designs_graffitiReport", "designs_gullyInspection")
+"""The designs the example queries in aqs_queries/ export."""
+_PREMISES_PER_ROUND = 10
 
 
 def demo_dataset(seed: int = 7) -> Dataset:
-    """The demo council: waste container jobs → containers, graffiti reports → streets, and
-    gully inspections, with every item last edited in 2023. Same seed, same data."""
+    """The demo council: waste container jobs → containers, with the premises that point at a
+    job and the collection rounds that point at those premises; graffiti reports → streets; and
+    gully inspections. Every item was last edited in 2023. Same seed, same data."""
     rng = random.Random(seed)
     tables: dict[str, ItemTable] = {}
     for design in _demo_designs():
         table = ItemTable(design, rng)
-        for _ in range(_DEMO_SIZES[design.code]):
+        for number in range(_DEMO_SIZES[design.code]):
             values = tuple(attribute.sample(rng) for attribute in design.attributes)
-            links = tuple(tuple(tables[link.target].sample_ids(rng, link_count(rng))) for link in design.links)
-            table.append(values, links, _moment_in_2023(rng))
+            links = tuple(_demo_link(tables, link, number, rng) for link in design.links)
+            table.append(values, links, moment_in_2023(rng))
         tables[design.code] = table
-    return Dataset(tables.values(), seed=seed)
+    return Dataset(tables.values(), seed=seed, roots=DEMO_ROOTS)
+
+
+def _demo_link(tables: dict[str, ItemTable], link: LinkAttribute, number: int, rng: random.Random) -> tuple[str, ...]:
+    """The items the `number`th new item links to: mostly one; a round, a run of premises."""
+    [target] = link.targets
+    if link.code != "attributes_collectionRoundPremises":
+        return tuple(tables[target].sample_ids(rng, link_count(rng)))
+    first = number * _PREMISES_PER_ROUND
+    return tuple(tables[target].id_for(index) for index in range(first, first + _PREMISES_PER_ROUND))
 
 
 SYNTHETIC_ROOT = "designs_syntheticRecord"
@@ -263,7 +272,7 @@ def _generated_table(
     pools = [_value_pool(rng, _POOL_SIZES[n % len(_POOL_SIZES)]) for n in range(n_attributes)]
     codes = _synthetic_codes(code, n_attributes)
     attributes = tuple(
-        Attribute(attribute_code, f"Field {n:02d}" if n else "Title", _pick(*pool))
+        Attribute(attribute_code, f"Field {n:02d}" if n else "Title", pick(*pool))
         for n, (attribute_code, pool) in enumerate(zip(codes, pools, strict=True))
     )
     columns = [(pool, len(pool), rng.randrange(1, len(pool)), rng.randrange(len(pool))) for pool in pools]
@@ -274,7 +283,7 @@ def _generated_table(
 
     def make(index: int, item_id: str) -> Item:
         values = tuple(pool[(index * step + offset) % size] for pool, size, step, offset in columns)
-        edited = _YEAR_2023 + timedelta(seconds=(index * 7919 + edited_offset) % SECONDS_PER_YEAR)
+        edited = YEAR_2023 + timedelta(seconds=(index * 7919 + edited_offset) % SECONDS_PER_YEAR)
         item_links = tuple(link_for(position, index) for position in link_positions) if link_for else ()
         return Item(item_id, edited, values, item_links)
 
@@ -292,8 +301,8 @@ def synthetic_dataset(n_items: int, seed: int = 1) -> Dataset:
     site = _generated_table("designs_syntheticSite", "Synthetic Site", 3, n_linked, rng)
     owner = _generated_table("designs_syntheticOwner", "Synthetic Owner", 3, n_linked, rng)
     links = (
-        LinkAttribute("attributes_recordSite", "Site", site.design.code),
-        LinkAttribute("attributes_recordOwner", "Owner", owner.design.code),
+        _link("attributes_recordSite", "Site", site.design),
+        _link("attributes_recordOwner", "Owner", owner.design),
     )
 
     def link_for(position: int, index: int) -> tuple[str, ...]:
@@ -302,20 +311,16 @@ def synthetic_dataset(n_items: int, seed: int = 1) -> Dataset:
         return () if index % 11 == 0 else (owner.id_for((index * 69069 + 1) % n_linked),)
 
     root = _generated_table(SYNTHETIC_ROOT, "Synthetic Record", _SYNTHETIC_FIELDS, n_items, rng, links, link_for)
-    return Dataset((site, owner, root), seed=seed)
+    return Dataset((site, owner, root), seed=seed, roots=[SYNTHETIC_ROOT])
 
 
 def synthetic_request(
     file_name: str = "Synthetic Records.csv", *, export_header_type: Literal["Name", "Code"] = "Name"
 ) -> dict[str, Any]:
-    """The export request matching `synthetic_dataset`: every root attribute, and a join to each
-    linked design with two of its attributes."""
-    joins = [
-        f"root.attributes_recordSite.designs_syntheticSite.{code}"
-        for code in ("attributes_itemsTitle", "attributes_siteField01")
-    ] + [
-        f"root.attributes_recordOwner.designs_syntheticOwner.{code}"
-        for code in ("attributes_itemsTitle", "attributes_ownerField02")
+    """The export request matching `synthetic_dataset`: every root attribute, and a forward join
+    to each linked design reading two of its attributes."""
+    joins = [f"root.attributes_recordSite.{code}" for code in ("attributes_itemsTitle", "attributes_siteField01")] + [
+        f"root.attributes_recordOwner.{code}" for code in ("attributes_itemsTitle", "attributes_ownerField02")
     ]
     return {
         "aqs": {

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 from alloy_pipeline.alloy.simulator.dataset import Dataset, Snapshot
 from alloy_pipeline.alloy.simulator.datasets import demo_dataset
 from alloy_pipeline.alloy.simulator.export import (
-    BadRequestError,
     ExportCancelled,
     ExportPlan,
     Progress,
@@ -36,6 +35,8 @@ from alloy_pipeline.alloy.simulator.export import (
     write_export,
     write_zip_bomb,
 )
+from alloy_pipeline.alloy.simulator.request import BadRequestError
+from alloy_pipeline.alloy.simulator.synthesis import dataset_for_queries
 
 FaultKind = Literal[
     "status",
@@ -572,7 +573,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Serve the demo dataset in the foreground until Ctrl-C or SIGTERM."""
+    """Serve the demo dataset in the foreground until Ctrl-C or SIGTERM; with `--aqs-dir`, also
+    designs synthesized for the folder's AQS files that the demo does not know."""
     parser = argparse.ArgumentParser(description="Run the local Alloy API simulator (demo dataset).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
@@ -580,9 +582,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7, help="seed of the demo dataset")
     parser.add_argument("--task-seconds", type=float, default=2.0, help="how long each export task takes")
     parser.add_argument("--bom", action="store_true", help="start every CSV with a UTF-8 BOM")
+    parser.add_argument(
+        "--aqs-dir", type=Path, help="also serve these AQS files (*.json), with designs made up from the files"
+    )
     args = parser.parse_args(argv)
+    dataset = demo_dataset(args.seed)
+    if args.aqs_dir is not None:
+        files = sorted(args.aqs_dir.glob("*.json"))
+        dataset = dataset_for_queries((json.loads(path.read_text(encoding="utf-8-sig")) for path in files), dataset)
     simulator = AlloySimulator(
-        demo_dataset(args.seed),
+        dataset,
         api_key=args.api_key,
         host=args.host,
         port=args.port,
