@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -38,13 +39,17 @@ def _read_from_environment(**fields: str) -> dict[str, str]:
 
 
 def build_query_definitions(
-    query: AqsQuery, partitions: dg.PartitionsDefinition, *, days_per_run: int = int(DEFAULT_SNAPSHOT_DAYS_PER_RUN)
+    query: AqsQuery,
+    partitions: dg.PartitionsDefinition,
+    *,
+    days_per_run: int = int(DEFAULT_SNAPSHOT_DAYS_PER_RUN),
+    siblings: Sequence[AqsQuery] = (),
 ) -> dg.Definitions:
-    """Everything one AQS file contributes to the code location."""
+    """Everything one AQS file contributes to the code location (`siblings`: the other files)."""
     return dg.Definitions(
         assets=[
             build_raw_asset(query, partitions),
-            build_snapshot_asset(query, partitions, days_per_run=days_per_run),
+            build_snapshot_asset(query, partitions, days_per_run=days_per_run, siblings=siblings),
         ]
     )
 
@@ -91,13 +96,18 @@ def cascade_enabled() -> bool:
     return value == "on"
 
 
+def aqs_folder() -> Path:
+    """`ALLOY_AQS_DIR`: the folder of AQS files the code location builds its assets from."""
+    return Path(os.environ.get("ALLOY_AQS_DIR", "aqs_queries"))
+
+
 def build_definitions() -> dg.Definitions:
     """The whole code location, from the environment as it is now."""
-    queries = load_queries(Path(os.environ.get("ALLOY_AQS_DIR", "aqs_queries")))
+    queries = load_queries(aqs_folder())
     partitions = daily_partitions(os.environ.get("ALLOY_PARTITIONS_START", DEFAULT_PARTITIONS_START))
     days_per_run = int(os.environ.get("ALLOY_SNAPSHOT_DAYS_PER_RUN", DEFAULT_SNAPSHOT_DAYS_PER_RUN))
     return dg.Definitions.merge(
-        *(build_query_definitions(query, partitions, days_per_run=days_per_run) for query in queries),
+        *(build_query_definitions(query, partitions, days_per_run=days_per_run, siblings=queries) for query in queries),
         build_schedules([query.slug for query in queries], partitions),
         dg.Definitions(sensors=[build_cascade_sensor([query.slug for query in queries], enabled=cascade_enabled())]),
         dg.Definitions(

@@ -1,15 +1,24 @@
 """Column-rename mapping files: `<location>/<query>_<table>.json`, on S3 or in a local folder.
 
-Councils keep these files to give Alloy's long generated names friendly ones. A bad file must
-fail the snapshot with its name in the message before anything is written: anything Spark would
-refuse later (two columns whose names differ only in case) is refused here, and renames apply all
-at once, so a swap or a chain is fine. A file is UTF-8, with or without a BOM; a key given twice
-is refused rather than resolved silently.
+Councils keep these files to give Alloy's long generated names friendly ones. A table's file is
+looked for under two names: `<query slug>_<table>.json`, then the name the old Glue jobs gave
+it, `<AQS file stem lower-cased>_<table>.json` with spaces and punctuation kept, so councils can
+bring their existing files unchanged. Both present and saying different things is refused: which
+one applies would otherwise depend on a lookup order nobody sees.
+
+A bad file must fail the snapshot with its name in the message before anything is written:
+anything Spark would refuse later (two columns whose names differ only in case) is refused here,
+and renames apply all at once, so a swap or a chain is fine. A file is UTF-8, with or without a
+BOM; a key given twice is refused rather than resolved silently.
+
+The matching of file names to tables (`MappingNames`, `applicable`, `unmatched_files`,
+`stale_files`) is plain functions without I/O, shared by the snapshot and `alloy-pipeline mappings`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +26,14 @@ from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
+from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.s3_uri import S3Uri
+
+_NOT_FOUND = ("NoSuchKey", "404")
+
+
+def _code(error: ClientError) -> str | None:
+    return error.response.get("Error", {}).get("Code")
 
 
 class MappingError(ValueError):
@@ -117,6 +133,77 @@ class Mapping(BaseModel):
         return applied
 
 
+class MappingNames(BaseModel):
+    """The two names a query's mapping files may begin with: its slug, and its AQS file's stem
+    lower-cased with spaces and punctuation kept, as the old Glue jobs named them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    slug: str
+    stem: str
+    """`AqsQuery.path.stem` lower-cased: `dw container job`, `dw education&compliance inspection`."""
+
+    @classmethod
+    def of(cls, query: AqsQuery) -> MappingNames:
+        return cls(slug=query.slug, stem=query.path.stem.lower())
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """`<slug>_`, then `<stem>_`; once when they are the same (`graffiti.json`)."""
+        return tuple(dict.fromkeys((f"{self.slug}_", f"{self.stem}_")))
+
+    def file_names(self, table: str) -> tuple[str, ...]:
+        """The files that may rename `table`, in the order they are looked for."""
+        return tuple(f"{prefix}{table}.json" for prefix in self.prefixes)
+
+
+def applicable(candidates: Sequence[Mapping]) -> Mapping | None:
+    """The mapping that renames a table, given the files found for it in lookup order.
+
+    The first (the slug-named file) applies; another that renames differently is refused, naming
+    both, since keeping either silently would drop renames a council wrote on purpose.
+    """
+    if not candidates:
+        return None
+    first, *others = candidates
+    for other in others:
+        if other.renames != first.renames:
+            raise MappingError(
+                f"mapping files {first.source} and {other.source} both name this table but rename it "
+                "differently; delete one, or make them the same"
+            )
+    return first
+
+
+def unmatched_files(files: Iterable[str], tables: Iterable[tuple[MappingNames, str]]) -> tuple[str, ...]:
+    """The files, sorted, that no (query, table) pair names: renames that apply to nothing.
+
+    A file counts as matched when any pair gives exactly its name, so a name that begins with two
+    queries' prefixes (`gully_…` and `gully_cleanse_…`) is judged by its whole name, not a prefix.
+    """
+    named = {file_name for names, table in tables for file_name in names.file_names(table)}
+    return tuple(sorted(set(files) - named))
+
+
+def stale_files(
+    files: Iterable[str], names: MappingNames, tables: Collection[str], others: Iterable[MappingNames] = ()
+) -> tuple[str, ...]:
+    """The files, sorted, that look like this query's yet name none of `tables`: most often a table
+    that was renamed or dropped from the query.
+
+    A file looks like this query's when the longest of the code location's prefixes it begins
+    with (this query's and `others`') is one of this query's: `gully_cleanse_x.json` belongs to
+    query `gully_cleanse`, not to `gully`, whose snapshot cannot know `gully_cleanse`'s tables.
+    """
+    theirs = [prefix for other in others if other != names for prefix in other.prefixes]
+
+    def ours(file_name: str) -> bool:
+        own = max((len(prefix) for prefix in names.prefixes if file_name.startswith(prefix)), default=0)
+        return own > 0 and all(len(prefix) <= own for prefix in theirs if file_name.startswith(prefix))
+
+    return tuple(file_name for file_name in unmatched_files(files, ((names, t) for t in tables)) if ours(file_name))
+
+
 class MappingResource(dg.ConfigurableResource):
     """Where mapping files live: an `s3://` (or `s3a://`) prefix read through dagster-aws, or a folder."""
 
@@ -125,19 +212,52 @@ class MappingResource(dg.ConfigurableResource):
         default_factory=S3Resource, description="S3 access for s3:// locations (honours AWS_ENDPOINT_URL)."
     )
 
-    def load(self, table_name: str) -> Mapping | None:
-        """The mapping for `<query>_<table>`, or None when there is no file for it."""
-        file_name = f"{table_name}.json"
+    def _s3_folder(self) -> S3Uri | None:
+        """The S3 location with its key as a prefix (empty, or ending in `/`); None for a local folder."""
         folder = S3Uri.parse(self.location)
-        if folder is not None:
-            file = S3Uri(folder.bucket, f"{folder.key.rstrip('/')}/{file_name}".lstrip("/"))
-            source = file.s3
-            try:
-                body = self.s3.get_client().get_object(Bucket=file.bucket, Key=file.key)["Body"].read()
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise MappingError(f"mapping file {source}: cannot be read: {error}") from None
-            return Mapping.parse(source, body)
-        path = Path(self.location.removeprefix("file://")) / file_name
-        return Mapping.parse(str(path), path.read_bytes()) if path.is_file() else None
+        if folder is None:
+            return None
+        key = folder.key.strip("/")
+        return S3Uri(folder.bucket, f"{key}/" if key else "")
+
+    def _local_folder(self) -> Path:
+        return Path(self.location.removeprefix("file://"))
+
+    def read(self, file_name: str) -> Mapping | None:
+        """The mapping file `file_name` at the location, parsed; None when there is no such file."""
+        folder = self._s3_folder()
+        if folder is None:
+            path = self._local_folder() / file_name
+            return Mapping.parse(str(path), path.read_bytes()) if path.is_file() else None
+        file = S3Uri(folder.bucket, f"{folder.key}{file_name}")
+        try:
+            body = self.s3.get_client().get_object(Bucket=file.bucket, Key=file.key)["Body"].read()
+        except ClientError as error:
+            if _code(error) in _NOT_FOUND:
+                return None
+            raise MappingError(f"mapping file {file.s3}: cannot be read: {error}") from None
+        return Mapping.parse(file.s3, body)
+
+    def load(self, names: MappingNames, table: str) -> Mapping | None:
+        """The mapping that renames `table` of the query `names`, or None when no file names it.
+
+        Looks for each of `names.file_names(table)` in turn; see `applicable` for two files found.
+        """
+        return applicable([mapping for name in names.file_names(table) if (mapping := self.read(name)) is not None])
+
+    def list_files(self) -> tuple[str, ...]:
+        """The names, sorted, of the `*.json` files directly at the location; none when it does not exist."""
+        folder = self._s3_folder()
+        if folder is None:
+            return tuple(sorted(path.name for path in self._local_folder().glob("*.json") if path.is_file()))
+        pages = (
+            self.s3.get_client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=folder.bucket, Prefix=folder.key, Delimiter="/")
+        )
+        try:
+            keys = [entry["Key"] for page in pages for entry in page.get("Contents", ())]
+        except ClientError as error:
+            needs = " (listing needs s3:ListBucket)" if _code(error) == "AccessDenied" else ""
+            raise MappingError(f"mapping location {folder.s3}/: cannot be listed{needs}: {error}") from None
+        return tuple(sorted(key[len(folder.key) :] for key in keys if key.endswith(".json")))

@@ -7,7 +7,7 @@ up to D, and the mapping files), so a backfill in date order rebuilds the same p
 import datetime as dt
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 
@@ -21,7 +21,7 @@ from alloy_pipeline.assets.publication import Publisher
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.frames import rename_columns, stamp_columns
 from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, SnapshotTable
-from alloy_pipeline.mapping import MappingResource
+from alloy_pipeline.mapping import MappingNames, MappingResource, stale_files
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.snapshot_merge import (
@@ -83,6 +83,10 @@ class SnapshotStep:
     """What building one query's snapshot days needs; shared by every day of a run."""
 
     query: str
+    mapping_names: MappingNames
+    """The names this query's mapping files may begin with (its slug, or its AQS file's stem)."""
+    sibling_names: tuple[MappingNames, ...]
+    """The other queries' names, so that their files are not reported as this query's stale ones."""
     lake: LakeResource
     mappings: MappingResource
     catalog: CatalogResource
@@ -115,6 +119,12 @@ class CommittedDay:
     checks: tuple[dg.AssetCheckResult, ...]
 
 
+def _mapping_note(step: SnapshotStep, table: str, source: str | None) -> str:
+    """Which file renamed `table`, or the names looked for: a file under a name nobody expected
+    would otherwise leave a table unrenamed with nothing to say why."""
+    return source or f"none (looked for {', '.join(step.mapping_names.file_names(table))})"
+
+
 def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, DataFrame]) -> dict[str, StagedTable]:
     """Stamp each merged table with the day and rename it by its mapping file (read before any write).
 
@@ -126,8 +136,12 @@ def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, Data
         observed, origin = observe_origin(frame, plan)
         stamped = stamp_columns(observed, stamp)
         column_types = stamped.dtypes
-        mapping = step.mappings.load(f"{step.query}_{table}")
+        mapping = step.mappings.load(step.mapping_names, table)
         renames = mapping.for_columns([name for name, _ in column_types]) if mapping else {}
+        step.log.info(
+            f"{step.query} {plan.day.key}: table {table}, mapping "
+            f"{_mapping_note(step, table, mapping.source if mapping else None)}"
+        )
         staged[table] = StagedTable(
             frame=rename_columns(stamped, renames),
             column_types=tuple((renames.get(name, name), kind) for name, kind in column_types),
@@ -136,6 +150,18 @@ def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, Data
             mapping_source=mapping.source if mapping else None,
         )
     return staged
+
+
+def _stale_mapping_files(step: SnapshotStep, plan: SnapshotPlan, tables: Collection[str]) -> tuple[str, ...]:
+    """This query's mapping files that rename none of the day's tables, with a warning: left alone,
+    such a file (a table renamed or dropped from the query) is silently ignored every day."""
+    stale = stale_files(step.mappings.list_files(), step.mapping_names, tables, step.sibling_names)
+    if stale:
+        step.log.warning(
+            f"{step.query} {plan.day.key}: mapping files at {step.mappings.location} look like this query's but "
+            f"name none of its tables ({', '.join(sorted(tables))}), so they rename nothing: {', '.join(stale)}"
+        )
+    return stale
 
 
 def _write_and_publish(
@@ -192,9 +218,14 @@ def _write_and_publish(
 
 
 def _materialization_metadata(
-    step: SnapshotStep, plan: SnapshotPlan, manifest: SnapshotManifest, counts: MergeCounts
+    step: SnapshotStep,
+    plan: SnapshotPlan,
+    manifest: SnapshotManifest,
+    counts: MergeCounts,
+    stale_mappings: tuple[str, ...],
 ) -> dict[str, object]:
-    """What the UI shows for a committed day: its tables as written, the merge counts and its inputs."""
+    """What the UI shows for a committed day: its tables as written, the merge counts, its inputs, and
+    which mapping file renamed each table (and this query's files that renamed none)."""
     tables = manifest.tables
     main = tables[manifest.main_table]
     return {
@@ -211,8 +242,10 @@ def _materialization_metadata(
         "base_snapshot": plan.base.day.isoformat() if plan.base else "none",
         "raw_partitions": dg.MetadataValue.json([raw.day.isoformat() for raw in plan.raws]),
         "mappings": dg.MetadataValue.json(
-            {table: entry.mapping_source for table, entry in tables.items() if entry.mapping_source}
+            {table: _mapping_note(step, table, entry.mapping_source) for table, entry in tables.items()}
         ),
+        "mapping_location": step.mappings.location,
+        "stale_mapping_files": dg.MetadataValue.json(list(stale_mappings)),
         "preview": preview(read_table(step.spark, main), main),
     }
 
@@ -257,10 +290,11 @@ def build_day(step: SnapshotStep, plan: SnapshotPlan, stale: Mapping[dt.date, li
             unique,
         )
     staged = _stage_tables(step, plan, merged)
+    stale_mappings = _stale_mapping_files(step, plan, staged.keys())
     manifest, counts = _write_and_publish(step, plan, main_table, staged, keys)
     return CommittedDay(
         manifest=manifest,
-        metadata=_materialization_metadata(step, plan, manifest, counts),
+        metadata=_materialization_metadata(step, plan, manifest, counts, stale_mappings),
         checks=(unique, *_checks_after_write(manifest, plan.previous, counts), _current_inputs_check(plan, stale)),
     )
 
@@ -370,14 +404,20 @@ def _check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[
 
 
 def build_snapshot_asset(
-    query: AqsQuery, partitions: dg.PartitionsDefinition, *, days_per_run: int
+    query: AqsQuery,
+    partitions: dg.PartitionsDefinition,
+    *,
+    days_per_run: int,
+    siblings: Sequence[AqsQuery] = (),
 ) -> dg.AssetsDefinition:
     """The daily snapshot asset of one AQS query, with its checks.
 
     A backfill runs up to `days_per_run` days in one run: starting Spark and the run costs more
     than a day's merge. Each day depends on the day before, so Dagster launches those runs one
-    at a time, in date order, each once the day before its first is materialized.
+    at a time, in date order, each once the day before its first is materialized. `siblings` are
+    the code location's other queries, whose mapping files this one must not call stale.
     """
+    sibling_names = tuple(MappingNames.of(other) for other in siblings if other.slug != query.slug)
     if days_per_run < 1:
         raise ValueError(
             f"query {query.slug}: days_per_run (ALLOY_SNAPSHOT_DAYS_PER_RUN) must be at least 1, not {days_per_run}"
@@ -418,6 +458,8 @@ def build_snapshot_asset(
     ]:
         step = SnapshotStep(
             query=query.slug,
+            mapping_names=MappingNames.of(query),
+            sibling_names=sibling_names,
             lake=lake,
             mappings=mappings,
             catalog=catalog,
