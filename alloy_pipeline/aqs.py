@@ -41,8 +41,11 @@ class FilterNode(_Node):
 
 
 _CODE = r"[^.^<>\s]+"
-JOIN_PATH = re.compile(rf"root(?:\.{_CODE}|\^{_CODE}<{_CODE}>)+\.{_CODE}")
-"""`root`, then forward (`.<link>`) and reverse (`^<link><designs_…>`) steps, then `.<attribute>`."""
+JOIN_PATH = re.compile(rf"root(?:[.^]{_CODE}(?:<{_CODE}>)?)+\.{_CODE}")
+"""`root`, then forward (`.<link>`) and reverse (`^<link><designs_…>`) steps, then `.<attribute>`.
+
+A step may name its design or not, either way: real files hold `.<link><designs_…>` and `^<link>` too.
+"""
 
 
 def _join_path(path: str) -> str:
@@ -102,7 +105,8 @@ class ExportRequest(_Node):
     aqs: AqsRoot
     file_name: str = Field(alias="fileName", pattern=r"(?i)^[^/\\]+\.csv$")
     export_header_type: Literal["Name", "Code"] = Field(alias="exportHeaderType")
-    discriminator: Literal["CsvExportWebRequestModel"]
+    discriminator: Literal["CsvExportWebRequestModel"] | None = None
+    """Alloy's name for a CSV export; some councils' files leave it out, and Alloy accepts them."""
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body Alloy expects: what the file holds, field for field (nothing added, nulls kept)."""

@@ -1,5 +1,5 @@
 """`alloy-pipeline`: the local Spark engine, the demo (the real pipeline against the local Alloy
-simulator), snapshot rebuilds, and Spark SQL against the catalog."""
+simulator), snapshot rebuilds, Spark SQL against the catalog, and which mapping file renames each table."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline import engine
+from alloy_pipeline.aqs import load_queries
 from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import RAW, REFINED, LakeResource
+from alloy_pipeline.mapping import MappingError, MappingNames, MappingResource, unmatched_files
+from alloy_pipeline.naming import table_slug
 from alloy_pipeline.partitions import LONDON, Day
 from alloy_pipeline.spark import connected
 from alloy_pipeline.tables import read_table
@@ -97,16 +100,26 @@ def _report_day(lake: LakeResource, queries: list[str], day: str) -> None:
             f"  {query}: {raw.kind} extract; snapshot {snapshot.inserted} new, {snapshot.replaced} replaced, "
             f"{snapshot.carried_forward} carried forward"
         )
-        for kind, manifest in (("raw", raw), ("snapshot", snapshot)):
-            for table, entry in manifest.tables.items():
-                print(f"    {kind:<8} {table:<24} {entry.rows:>5} rows  {entry.path}")
+        for table, entry in raw.tables.items():
+            print(f"    raw      {table:<24} {entry.rows:>5} rows  {entry.path}")
+        for table, entry in snapshot.tables.items():
+            print(f"    snapshot {table:<24} {entry.rows:>5} rows  {entry.path}")
+            renamed = f"renamed by {entry.mapping_source}" if entry.mapping_source else "no mapping file"
+            print(f"             {'':<24} {renamed}")
 
 
-def demo(data: Path, days: int) -> int:
-    """Run the real pipeline for `days` consecutive days against the simulator, then rebuild."""
-    from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
-    from alloy_pipeline.definitions import build_definitions
+def demo(data: Path, days: int, aqs_dir: Path | None = None) -> int:
+    """Run the real pipeline for `days` consecutive days against the simulator, then rebuild.
 
+    `aqs_dir` (default `ALLOY_AQS_DIR`, else the example queries) may hold a council's own AQS
+    files: the simulator makes up designs and items for those whose designs it does not know, so
+    a council can watch its queries and mapping files at work before it points at its tenancy.
+    """
+    from alloy_pipeline.alloy.simulator import AlloySimulator, dataset_for_queries, demo_dataset
+    from alloy_pipeline.definitions import aqs_folder, build_definitions
+
+    aqs_dir = (aqs_dir or aqs_folder()).resolve()
+    dataset = dataset_for_queries((query.request.to_body() for query in load_queries(aqs_dir)), demo_dataset())
     data = data.resolve()
     raw_zone, refined_zone = data / "raw-zone", data / "refined-zone"
     for stale in (raw_zone, refined_zone):
@@ -116,13 +129,14 @@ def demo(data: Path, days: int) -> int:
     print("Starting the Spark engine (a Spark Connect server on loopback)", flush=True)
     with ExitStack() as stack:
         state = stack.enter_context(engine.running(EngineSettings.under(data)))
-        simulator = stack.enter_context(AlloySimulator(dataset=demo_dataset(), api_key=DEMO_API_KEY))
+        simulator = stack.enter_context(AlloySimulator(dataset=dataset, api_key=DEMO_API_KEY))
         stack.enter_context(
             _environment(
                 {
                     "SPARK_REMOTE": state.url,
                     "ALLOY_API_URL": simulator.url,
                     "ALLOY_API_KEY": DEMO_API_KEY,
+                    "ALLOY_AQS_DIR": str(aqs_dir),
                     "ALLOY_RAW_ZONE": str(raw_zone),
                     "ALLOY_REFINED_ZONE": str(refined_zone),
                     "ALLOY_CATALOG": "spark",
@@ -139,6 +153,7 @@ def demo(data: Path, days: int) -> int:
         daily = definitions.resolve_job_def("alloy_daily")
         instance = _instance()
         print(f"Spark engine at {state.url}; Alloy simulator at {simulator.url}; lake under {data}")
+        print(f"AQS files from {aqs_dir}; mapping files from {definitions.resources['mappings'].location}")
         for number, day in enumerate(keys):
             if number:
                 changes = simulator.dataset.simulate_day(seed=number)
@@ -195,6 +210,60 @@ def rebuild(first: dt.date, last: dt.date) -> int:
     return 0
 
 
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as lines whose columns line up: names with spaces in them cannot be split on one space."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def mappings() -> int:
+    """Print every table the queries produce with the mapping file that renames it, then every file
+    at the mapping location that renames nothing, for the configuration the code location reads.
+
+    A query's tables are those of its last committed raw partition; before its first extract only
+    its main table is known (joined tables are named after Alloy designs, which the AQS does not
+    spell). Exits 1 when a table's mapping files would fail its snapshot (a conflict, a bad file).
+    """
+    from alloy_pipeline.definitions import aqs_folder, build_resources
+
+    configured = build_resources()
+    with dg.build_resources({"lake": configured["lake"], "mappings": configured["mappings"]}) as built:
+        lake: LakeResource = built.lake
+        mapping_files: MappingResource = built.mappings
+    rows = [("query", "table", "tables from", "mapping file")]
+    named: list[tuple[MappingNames, str]] = []
+    unextracted: list[MappingNames] = []
+    failed = False
+    for query in load_queries(aqs_folder()):
+        names = MappingNames.of(query)
+        manifests = lake.raw_manifests(query.slug)
+        if manifests:
+            last = manifests[-1]
+            tables = [last.main_table, *sorted(set(last.tables) - {last.main_table})]
+            known = f"raw partition {last.day.isoformat()}"
+        else:
+            tables, known = [table_slug(query.request.file_name)], "main table only: no raw partition yet"
+            unextracted.append(names)
+        for table in tables:
+            named.append((names, table))
+            try:
+                mapping = mapping_files.load(names, table)
+            except MappingError as error:
+                failed, file = True, f"error: {error}"
+            else:
+                file = PurePosixPath(mapping.source).name if mapping else "none"
+            rows.append((query.slug, table, known, file))
+    print(f"AQS files:     {aqs_folder()}\nMapping files: {mapping_files.location}\n")
+    print("\n".join(_aligned(rows)))
+    unmatched = unmatched_files(mapping_files.list_files(), named)
+    print(f"\nMapping files that apply to no table: {len(unmatched) or 'none'}")
+    for file_name in unmatched:
+        maybe = [names.slug for names in unextracted if file_name.startswith(names.prefixes)]
+        note = f"  (perhaps a joined table of {', '.join(maybe)}, which has no raw partition yet)" if maybe else ""
+        print(f"  {file_name}{note}")
+    return 1 if failed else 0
+
+
 def engine_command(action: str, settings: EngineSettings) -> int:
     """`start` prints only the SPARK_REMOTE value on stdout, so scripts can capture it."""
     if action == "start":
@@ -233,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data", type=Path, default=Path("data"), help="folder for the demo lake (its zones are wiped)"
     )
     demo_parser.add_argument("--days", type=int, default=3, help="consecutive days to materialise")
+    demo_parser.add_argument(
+        "--aqs-dir",
+        type=Path,
+        default=None,
+        help="folder of AQS files to run (default ALLOY_AQS_DIR, else aqs_queries); designs the simulator "
+        "does not know are made up from the files",
+    )
     rebuild_parser = commands.add_parser("rebuild", help="rebuild snapshot partitions in date order")
     rebuild_parser.add_argument("--from", dest="first", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     rebuild_parser.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
@@ -241,14 +317,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     sql_parser.add_argument(
         "--data", type=Path, default=Path("data"), help="folder of the engine (without SPARK_REMOTE)"
     )
+    commands.add_parser(
+        "mappings", help="list each table with the mapping file that renames it, and files that rename nothing"
+    )
     args = parser.parse_args(argv)
     if args.command == "engine":
         settings = EngineSettings.under(args.data.resolve(), port=args.port, driver_memory=args.memory)
         return engine_command(args.action, settings)
     if args.command == "demo":
-        return demo(args.data, args.days)
+        return demo(args.data, args.days, args.aqs_dir)
     if args.command == "sql":
         return sql(args.query, args.data.resolve())
+    if args.command == "mappings":
+        return mappings()
     return rebuild(args.first, args.last)
 
 

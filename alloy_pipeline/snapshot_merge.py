@@ -40,10 +40,13 @@ def _require_column(entry: TableOutput, column: str, where: str) -> None:
         raise SnapshotError(f"{where} has no '{column}' column (columns: {', '.join(entry.columns)})")
 
 
-def _read_snapshot_table(spark: SparkSession, entry: SnapshotTable) -> DataFrame:
-    """A stored snapshot table under its raw column names and today's types, so newer raw partitions line up."""
+def read_snapshot_table(spark: SparkSession, entry: SnapshotTable) -> DataFrame:
+    """A stored snapshot table under its raw column names and today's types, so newer raw partitions line up.
+
+    The renames are undone before the `snapshot_*` columns are dropped: a mapping may have given
+    one of those names to an Alloy column."""
     raw_names = {new: old for old, new in entry.renames.items()}
-    frame = rename_columns(read_table(spark, entry).drop(*SNAPSHOT_COLUMNS), raw_names)
+    frame = rename_columns(read_table(spark, entry), raw_names).drop(*SNAPSHOT_COLUMNS)
     return current_import_types(frame, {raw_names.get(name, name): kind for name, kind in entry.column_types})
 
 
@@ -55,7 +58,7 @@ def _read_raw_table(spark: SparkSession, entry: TableOutput) -> DataFrame:
 def merge_tables(spark: SparkSession, query: str, plan: SnapshotPlan) -> tuple[str, dict[str, DataFrame]]:
     """Apply the plan's raw partitions to its base; return the main table's name and all tables."""
     tables = (
-        {table: _read_snapshot_table(spark, entry) for table, entry in plan.base.tables.items()} if plan.base else {}
+        {table: read_snapshot_table(spark, entry) for table, entry in plan.base.tables.items()} if plan.base else {}
     )
     main_table = plan.base.main_table if plan.base else plan.raws[0].main_table
     for raw in plan.raws:
@@ -152,7 +155,7 @@ def count_changes(spark: SparkSession, plan: SnapshotPlan, touched: int, rows: i
     if plan.base is None and plan.raws:
         touched_ids = _raw_main_ids(spark, plan).select(ITEM_ID).distinct()
         previous_main = plan.previous.tables[plan.previous.main_table]
-        previous_ids = _read_snapshot_table(spark, previous_main).select(ITEM_ID)
+        previous_ids = read_snapshot_table(spark, previous_main).select(ITEM_ID)
         replaced = touched_ids.join(previous_ids, ITEM_ID, "left_semi").count()
         return MergeCounts(
             expected_rows=touched,

@@ -78,6 +78,8 @@ REAL_JOIN_PATHS = [
     "root^attributes_tasksAssignableTasks<designs_nlpgPremises>^attributes_assetGroupsAssets<designs_wasteGroups>"
     ".attributes_wasteGroupsStreet_5f89babde27d980067890023",
     "root^attributes_tasksAssignableTasks<designs_nlpgPremises>.attributes_premisesStreet.attributes_itemsTitle",
+    "root.attributes_licenceApplicant<designs_contacts>.attributes_contactsEmail",
+    "root^attributes_licencesApplication.attributes_itemsTitle",
 ]
 
 
@@ -90,7 +92,7 @@ def with_alloy_extras() -> dict:
     properties = request["aqs"]["properties"]
     properties["joinAttributes"] = REAL_JOIN_PATHS
     properties["sortInfo"] = {"attributeCode": "attributes_itemsTitle", "sortOrder": "Ascending"}
-    properties["collectionCode"] = ["Live", "Archived"]
+    properties["collectionCode"] = ["Live", "Archive"]
     equals = request["aqs"]["children"][0]
     equals["properties"] = {"caseSensitive": False}
     equals["children"][1]["properties"]["value"] = ["R", "RD", "RF"]
@@ -141,6 +143,13 @@ def test_watermark_is_rendered_in_utc() -> None:
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ({k: v for k, v in JOIN_REQUEST.items() if k != "fileName"}, "fileName"),
         ({**JOIN_REQUEST, "discriminator": "Other"}, "discriminator"),
+        (
+            {
+                **JOIN_REQUEST,
+                "aqs": {**JOIN_REQUEST["aqs"], "properties": {**PROPERTIES, "joinAttributes": ["root.a"]}},
+            },
+            "'root.a' is not a join path",
+        ),
         ({**JOIN_REQUEST, "exportHeaderType": "Title"}, "exportHeaderType"),
         ({**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "type": "Union"}}, "aqs"),
         ({**JOIN_REQUEST, "aqs": {"type": "Join", "properties": {"attributes": []}}}, "dodiCode"),
@@ -167,6 +176,13 @@ def test_bad_file_stops_loading_with_file_name_and_problem(tmp_path: Path, body:
         load_queries(tmp_path)
     assert str(path) in str(raised.value)
     assert problem in str(raised.value)
+
+
+def test_a_file_without_a_discriminator_loads_and_is_sent_without_one(tmp_path: Path) -> None:
+    written = {key: value for key, value in JOIN_REQUEST.items() if key != "discriminator"}
+    write(tmp_path, "Highways Licences.json", written)
+    [query] = load_queries(tmp_path)
+    assert query.request.to_body() == written
 
 
 def test_every_broken_file_is_named_in_one_error(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ Hostile replies and the API key's safety have their own module, test_hostile_ser
 """
 
 import csv
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,10 +16,11 @@ from pydantic import ValidationError
 
 from alloy_pipeline.alloy.archive import ArchiveError
 from alloy_pipeline.alloy.client import AlloyClient, AlloyError, AlloyResource, AlloyTaskError, PollPolicy
-from alloy_pipeline.alloy.simulator import AlloySimulator, Fault
+from alloy_pipeline.alloy.simulator import AlloySimulator, Fault, dataset_for_queries
 from alloy_pipeline.alloy.transport import RetryingTransport
 from alloy_pipeline.aqs import ExportRequest, load_query
 from alloy_pipeline_tests.harness import API_KEY, REPO
+from alloy_pipeline_tests.test_aqs import WATERMARK, with_alloy_extras
 
 FAST = PollPolicy(initial_seconds=0.05, growth=1.5, max_seconds=0.4, timeout_seconds=10)
 
@@ -67,7 +69,12 @@ def test_export_round_trip(simulator, request_body, tmp_path, caplog) -> None:
     with client(simulator) as alloy:
         export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
     names = sorted(path.name for path in export.csv_files)
-    assert names == ["DW Container Job.csv", "JoinedDesign_Waste Container_1.csv"]
+    assert names == [
+        "DW Container Job.csv",
+        "JoinedDesign_Collection Round_3.csv",
+        "JoinedDesign_Premises_2.csv",
+        "JoinedDesign_Waste Container_1.csv",
+    ]
     main = next(path for path in export.csv_files if path.name == "DW Container Job.csv")
     with main.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
@@ -119,14 +126,14 @@ def test_retries_server_errors_on_every_reading_endpoint(simulator, request_body
     simulator.inject(Fault(kind="status", endpoint=endpoint, status=503, times=2))
     with client(simulator) as alloy:
         export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
-    assert len(export.csv_files) == 2
+    assert len(export.csv_files) == 4
 
 
 def test_retries_dropped_connections(simulator, request_body, tmp_path) -> None:
     simulator.inject(Fault(kind="disconnect", endpoint="task", times=2))
     with client(simulator) as alloy:
         export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
-    assert len(export.csv_files) == 2
+    assert len(export.csv_files) == 4
 
 
 def test_gives_up_after_bounded_retries(simulator, request_body, tmp_path, caplog) -> None:
@@ -290,3 +297,23 @@ def test_the_key_field_is_secret_in_dagsters_config_schema() -> None:
     fields = AlloyResource.to_config_schema().as_field().config_type.fields
     assert fields["api_key"].is_secret
     assert 'EnvVar("ALLOY_API_KEY")' in (fields["api_key"].description or "")
+
+
+def test_fields_the_pipeline_does_not_read_reach_alloy_unchanged(tmp_path) -> None:
+    written = with_alloy_extras()
+    aqs_file = tmp_path / "Fix My Street Defect.json"
+    aqs_file.write_text(json.dumps(written))
+    request = load_query(aqs_file).request
+    for folder in ("full", "incremental"):
+        (tmp_path / folder).mkdir()
+    with AlloySimulator(dataset=dataset_for_queries([written]), api_key=API_KEY) as simulator:
+        with client(simulator) as alloy:
+            alloy.export(request, tmp_path / "full", max_archive_bytes=10**8)
+            alloy.export(request.since(WATERMARK), tmp_path / "incremental", max_archive_bytes=10**8)
+        full, incremental = (seen.body for seen in simulator.requests if seen.method == "POST")
+    assert full == written
+    assert {key: value for key, value in incremental.items() if key != "aqs"} == {
+        key: value for key, value in written.items() if key != "aqs"
+    }
+    assert incremental["aqs"]["properties"] == written["aqs"]["properties"]
+    assert incremental["aqs"]["children"][0]["children"][0] == written["aqs"]["children"][0]
