@@ -104,8 +104,11 @@ def _report_day(lake: LakeResource, queries: list[str], day: str) -> None:
             print(f"    raw      {table:<24} {entry.rows:>5} rows  {entry.path}")
         for table, entry in snapshot.tables.items():
             print(f"    snapshot {table:<24} {entry.rows:>5} rows  {entry.path}")
-            renamed = f"renamed by {entry.mapping_source}" if entry.mapping_source else "no mapping file"
-            print(f"             {'':<24} {renamed}")
+        renamed = {table: entry.mapping_source for table, entry in snapshot.tables.items() if entry.mapping_source}
+        for table, source in renamed.items():
+            print(f"    mapping  {table:<24} renamed by {source}")
+        if not renamed:
+            print("    mapping  no mapping file renames this query's tables")
 
 
 def demo(data: Path, days: int, aqs_dir: Path | None = None) -> int:
@@ -153,7 +156,8 @@ def demo(data: Path, days: int, aqs_dir: Path | None = None) -> int:
         daily = definitions.resolve_job_def("alloy_daily")
         instance = _instance()
         print(f"Spark engine at {state.url}; Alloy simulator at {simulator.url}; lake under {data}")
-        print(f"AQS files from {aqs_dir}; mapping files from {definitions.resources['mappings'].location}")
+        with dg.build_resources({"mappings": definitions.resources["mappings"]}) as built:
+            print(f"AQS files from {aqs_dir}; mapping files from {built.mappings.location}")
         for number, day in enumerate(keys):
             if number:
                 changes = simulator.dataset.simulate_day(seed=number)
