@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,16 @@ class Pipeline:
         for aqs_file in self.aqs_dir.glob("*.json"):
             if aqs_file.stem not in names:
                 aqs_file.unlink()
+        return self
+
+    def keep_joins(self, name: str, prefix: str) -> Pipeline:
+        """Drop the join attributes of AQS file `name` that do not begin with `prefix`: a test that
+        follows one link need not export and merge the tables of the others."""
+        aqs_file = self.aqs_dir / f"{name}.json"
+        request = json.loads(aqs_file.read_text())
+        properties = request["aqs"]["properties"]
+        properties["joinAttributes"] = [path for path in properties["joinAttributes"] if path.startswith(prefix)]
+        aqs_file.write_text(json.dumps(request))
         return self
 
     def resources(self) -> dict[str, object]:

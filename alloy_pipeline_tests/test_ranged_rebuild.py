@@ -24,8 +24,9 @@ Evaluations = dict[tuple[str | None, str], tuple[bool, dict]]
 
 @pytest.fixture
 def jobs(pipeline: Pipeline) -> Pipeline:
-    """One query, with a mapping file: each query's days are built by a step of their own, so one shows it all."""
-    pipeline.keep_only("DW Container Job")
+    """One query and one join, with a mapping file: each query's days are built by a step of their own, and
+    each table by the same code, so one shows it all."""
+    pipeline.keep_only("DW Container Job").keep_joins("DW Container Job", "root.attributes_jobAssignedContainer.")
     mappings = Path(pipeline.mapping_location)
     mappings.mkdir()
     (mappings / f"{QUERY}_{JOINED}.json").write_text(json.dumps({"title": "container_title"}))

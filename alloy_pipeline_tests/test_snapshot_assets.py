@@ -12,6 +12,7 @@ from alloy_pipeline_tests.harness import Pipeline, failure_text, rows_of
 JOBS = "designs_wasteContainerJob"
 CONTAINERS = "designs_wasteContainer"
 LINK = "attributes_jobAssignedContainer"
+CONTAINER_JOIN = f"root.{LINK}."
 QUERY = "dw_container_job"
 JOINED = "waste_container_1"
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
@@ -19,6 +20,8 @@ DAYS = ["2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04"]
 
 @pytest.fixture
 def jobs(simulator, engine, spark, instance, tmp_path: Path, bucket: str) -> Pipeline:
+    """DW Container Job with its container join only: these tests follow that link (the reverse
+    joins are test_council_queries' and test_raw_assets')."""
     return Pipeline.create(
         simulator,
         engine.url,
@@ -27,7 +30,7 @@ def jobs(simulator, engine, spark, instance, tmp_path: Path, bucket: str) -> Pip
         tmp_path,
         ["DW Container Job"],
         mapping_location=f"s3://{bucket}/mapping-files/",
-    )
+    ).keep_joins("DW Container Job", CONTAINER_JOIN)
 
 
 def put_mapping(bucket: str, table: str, body: object) -> None:
