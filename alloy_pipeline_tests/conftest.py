@@ -72,8 +72,11 @@ def spark(engine: EngineSettings) -> Iterator[SparkSession]:
 
 
 @pytest.fixture
-def simulator() -> Iterator[AlloySimulator]:
+def simulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[AlloySimulator]:
+    """The simulator, and the code location's environment naming it as the Alloy API (ALLOY_API_URL),
+    the only place the key may be sent."""
     with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY) as running:
+        monkeypatch.setenv("ALLOY_API_URL", running.url)
         yield running
 
 

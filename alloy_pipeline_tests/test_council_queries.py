@@ -70,9 +70,14 @@ SNAPSHOT_COLUMNS = ("snapshot_year", "snapshot_month", "snapshot_day", "snapshot
 
 @pytest.fixture
 def council(
-    engine: EngineSettings, spark: SparkSession, instance: dg.DagsterInstance, tmp_path: Path
+    engine: EngineSettings,
+    spark: SparkSession,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Pipeline]:
     with AlloySimulator(dataset=dataset_for_queries([REQUEST]), api_key=API_KEY) as simulator:
+        monkeypatch.setenv("ALLOY_API_URL", simulator.url)
         pipeline = Pipeline(simulator, engine.url, spark, instance, tmp_path, str(tmp_path / "mapping-files"))
         pipeline.aqs_dir.mkdir()
         (pipeline.aqs_dir / f"{STEM}.json").write_text(json.dumps(REQUEST, indent=4))

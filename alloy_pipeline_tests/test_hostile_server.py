@@ -27,6 +27,7 @@ from alloy_pipeline.alloy.client import (
     AlloyResource,
     AlloyTaskError,
     PollPolicy,
+    checked_api_url,
 )
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault
 from alloy_pipeline.alloy.transport import MAX_RETRY_AFTER_SECONDS
@@ -360,3 +361,61 @@ def test_a_client_without_a_key_makes_no_request(simulator: AlloySimulator) -> N
     with pytest.raises(AlloyError, match="ALLOY_API_KEY"):
         AlloyClient(simulator.url, " \r\n")
     assert simulator.requests == []
+
+
+def test_run_config_cannot_send_the_key_to_another_host(
+    simulator: AlloySimulator, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """Anyone who reaches the launchpad can set a resource's config; the key still goes only to ALLOY_API_URL."""
+
+    @dg.asset
+    def alloy_extract(context: dg.AssetExecutionContext, alloy: AlloyResource) -> None:
+        alloy.export(REQUEST, tmp_path, context.log)
+
+    resource = AlloyResource(base_url=simulator.url, api_key=API_KEY, poll_initial_seconds=0.01)
+    with AlloySimulator(dataset=simulator.dataset, api_key=API_KEY) as attacker:
+        elsewhere = attacker.url
+        result = dg.materialize(
+            [alloy_extract],
+            resources={"alloy": resource},
+            run_config={"resources": {"alloy": {"config": {"base_url": attacker.url}}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert attacker.requests == [], "not one request, so no Authorization header, reached the other host"
+    [failure] = result.get_step_failure_events()
+    message = failure.step_failure_data.error.cause.message
+    assert f"alloy.base_url '{elsewhere}' is not the Alloy API URL configured in ALLOY_API_URL" in message
+    assert API_KEY not in message
+    assert simulator.requests == []
+
+
+@pytest.mark.parametrize(
+    ("configured", "allowed"),
+    [
+        ("https://api.uk.alloyapp.io", True),
+        ("https://api.uk.alloyapp.io/", True),
+        ("http://127.0.0.1:8765", True),
+        ("http://localhost:8765", True),
+        ("http://[::1]:8765", True),
+        ("http://alloy.council.example", False),
+        ("ftp://api.uk.alloyapp.io", False),
+    ],
+)
+def test_the_key_travels_over_https_except_to_this_machine(
+    monkeypatch: pytest.MonkeyPatch, configured: str, allowed: bool
+) -> None:
+    monkeypatch.setenv("ALLOY_API_URL", configured)
+    if allowed:
+        assert checked_api_url(configured.rstrip("/")) == configured.rstrip("/")
+        return
+    with pytest.raises(AlloyError, match="only over https"):
+        checked_api_url(configured)
+
+
+def test_without_alloy_api_url_the_key_goes_only_to_alloy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALLOY_API_URL", raising=False)
+    assert checked_api_url("https://api.uk.alloyapp.io") == "https://api.uk.alloyapp.io"
+    with pytest.raises(AlloyError, match="ALLOY_API_URL"):
+        checked_api_url("https://api.eu.alloyapp.io")

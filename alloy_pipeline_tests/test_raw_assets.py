@@ -66,8 +66,9 @@ def test_full_then_incremental_keeping_the_query_filter(pipeline: Pipeline) -> N
         assert API_KEY not in str(body)
 
 
-def test_csv_landed_as_received_and_parquet_matches_it(engine, spark, instance, tmp_path: Path) -> None:
+def test_csv_landed_as_received_and_parquet_matches_it(engine, spark, instance, tmp_path: Path, monkeypatch) -> None:
     with AlloySimulator(dataset=demo_dataset(), api_key=API_KEY, bom=True) as simulator:
+        monkeypatch.setenv("ALLOY_API_URL", simulator.url)
         pipeline = Pipeline.create(
             simulator, engine.url, spark, instance, tmp_path, ["Gully Inspections", "DW Container Job"]
         )

@@ -55,7 +55,7 @@ import dagster as dg
 from pyspark.sql import SparkSession
 
 from alloy_pipeline import engine as engines
-from alloy_pipeline.alloy.client import AlloyClient, AlloyResource
+from alloy_pipeline.alloy.client import API_URL_VARIABLE, AlloyClient, AlloyResource
 from alloy_pipeline.alloy.simulator import (
     SYNTHETIC_ROOT,
     AlloySimulator,
@@ -581,7 +581,9 @@ class Workspace:
         return list(build_query_definitions(query, daily_partitions("2024-01-01")).assets or ())
 
     def resources(self, alloy_url: str, remote: str) -> dict[str, object]:
-        """The pipeline's resources, its steps thin clients of the engine at `remote`."""
+        """The pipeline's resources, its steps thin clients of the engine at `remote`; the environment names
+        `alloy_url` as the Alloy API, as an operator's would (the key goes nowhere else)."""
+        os.environ[API_URL_VARIABLE] = alloy_url
         database = "bench_" + re.sub(r"\W", "_", self.root.name).lower()
         return {
             "alloy": AlloyResource(base_url=alloy_url, api_key=API_KEY),

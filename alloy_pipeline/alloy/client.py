@@ -12,7 +12,9 @@ and the task), and local file names never come from the server.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import re
 import time
 import zipfile
@@ -37,6 +39,8 @@ FAILED_STATUSES = frozenset({"Failed", "Deleted", "Cancelled"})
 MAX_RETRIES = 5
 REQUEST_TIMEOUT_SECONDS = 60.0
 ARCHIVE_NAME = "export.zip"
+API_URL_VARIABLE = "ALLOY_API_URL"
+DEFAULT_API_URL = "https://api.uk.alloyapp.io"
 CSV_FOLDER = "csv"
 _HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]+")
 
@@ -358,11 +362,58 @@ def _save(response: httpx.Response, target: Path, have: int, where: str) -> None
             sink.write(chunk)
 
 
+def _on_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_api(left: httpx.URL, right: httpx.URL) -> bool:
+    return (left.scheme, left.host, left.port, left.path.rstrip("/")) == (
+        right.scheme,
+        right.host,
+        right.port,
+        right.path.rstrip("/"),
+    )
+
+
+def checked_api_url(base_url: str) -> str:
+    """`base_url`, if the API key may travel there: the URL the operator set in the code location's
+    environment (`ALLOY_API_URL`, else Alloy's own), over https unless it is this machine.
+
+    Run config can set any resource field, and anyone who reaches Dagster's launchpad can launch a
+    run: a `base_url` of their own would receive `Authorization: Bearer <key>`. The environment is
+    the operator's, so it decides where the key goes, and a run asking for another host fails
+    before any request (the key is not even read).
+    """
+    configured = os.environ.get(API_URL_VARIABLE, DEFAULT_API_URL)
+    try:
+        url, allowed = httpx.URL(base_url), httpx.URL(configured)
+    except httpx.InvalidURL as error:
+        raise AlloyError(f"alloy.base_url {base_url!r} is not a URL: {error}") from None
+    if not _same_api(url, allowed):
+        raise AlloyError(
+            f"alloy.base_url {base_url!r} is not the Alloy API URL configured in {API_URL_VARIABLE} "
+            f"({configured!r}); the API key is sent only there. Set {API_URL_VARIABLE} in the code "
+            "location's environment instead of the run's config."
+        )
+    if url.scheme != "https" and not (url.scheme == "http" and _on_loopback(url.host)):
+        raise AlloyError(
+            f"{API_URL_VARIABLE} {configured!r}: the API key travels only over https (plain http only to this machine)"
+        )
+    return base_url
+
+
 class AlloyResource(dg.ConfigurableResource):
     """Alloy's export API, for one council's tenancy."""
 
     base_url: str = Field(
-        default="https://api.uk.alloyapp.io", description="Base URL of the Alloy API (ALLOY_API_URL)."
+        default=DEFAULT_API_URL,
+        description=(
+            f"Base URL of the Alloy API. Must be the URL set in {API_URL_VARIABLE} (or Alloy's own when unset): "
+            "the API key is sent nowhere else, whatever a run's config asks."
+        ),
     )
     api_key: str | None = Field(
         default=None,
@@ -434,8 +485,9 @@ class AlloyResource(dg.ConfigurableResource):
             max_seconds=self.poll_max_seconds,
             timeout_seconds=self.task_timeout_seconds,
         )
+        url = checked_api_url(self.base_url)
         with AlloyClient(
-            self.base_url,
+            url,
             self._key(),
             poll=poll,
             max_retries=self.max_retries,
