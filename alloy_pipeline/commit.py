@@ -16,9 +16,11 @@ A run that replaces day D of a query:
 
 Up to 5 the old version is the committed one, in the manifest and in the catalog. Between 5 and
 6 the manifest names the new version and the catalog the old; both are complete. What a commit
-that stopped half-way left behind is cleared by a later run of the same query, once it is older
-than a grace period (`recover`): if the manifest names the new version, the catalog is pointed
-at it and the old version goes; if not, the new folders go.
+that stopped half-way left behind is cleared by a later run of the same query (`recover`): if the
+manifest names the new version, the catalog is pointed at it and the old version goes; if not,
+the new folders go. Recovery never touches the staging or the commit of a run that is still
+alive (the Dagster instance says so), and waits a grace period measured from when the commit
+recorded itself, for a run the instance does not know.
 """
 
 from __future__ import annotations
@@ -51,10 +53,29 @@ class PendingCommit(BaseModel):
     staging: str
     new_dirs: tuple[str, ...]
     old_dirs: tuple[str, ...]
+    recorded_at: dt.datetime | None = None
+    """When the record was written; None in a record written before this field existed."""
+
+
+class StagingOwner(BaseModel):
+    """Which run a staging folder belongs to, written when the run begins its partition.
+
+    A raw run may poll Alloy for hours before it writes its staging, so the folder's version
+    (stamped at the start) says nothing about whether its run is still writing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    started_at: dt.datetime
 
 
 def _pending_path(query: str, version: str) -> str:
     return f"{PENDING}/{query}/{version}.json"
+
+
+def _owner_path(query: str, version: str) -> str:
+    return f"{STAGING}/{query}/{version}.json"
 
 
 @dataclass
@@ -73,7 +94,10 @@ class PartitionCommit:
 
     @classmethod
     def begin(cls, zone: Zone, query: str, day: Day, run_id: str, manifest_path: str) -> PartitionCommit:
-        return cls(zone, query, day, run_id, manifest_path, new_version(), zone.read_text_if_exists(manifest_path))
+        commit = cls(zone, query, day, run_id, manifest_path, new_version(), zone.read_text_if_exists(manifest_path))
+        owner = StagingOwner(run_id=run_id, started_at=dt.datetime.now(dt.UTC))
+        zone.write_text(_owner_path(query, commit.version), owner.model_dump_json())
+        return commit
 
     @property
     def staging(self) -> str:
@@ -100,6 +124,7 @@ class PartitionCommit:
             staging=self.staging,
             new_dirs=new_dirs,
             old_dirs=tuple(folder for folder in old_dirs if folder not in new_dirs),
+            recorded_at=dt.datetime.now(dt.UTC),
         )
         self.zone.write_text(_pending_path(self.query, self.version), self._pending.model_dump_json(indent=2))
         for source, target in moves.items():
@@ -117,6 +142,7 @@ class PartitionCommit:
         """Clear the staging of a run that failed before `apply`; nothing else of it exists yet."""
         if self._pending is None:
             self.zone.delete(self.staging)
+            self.zone.delete(_owner_path(self.query, self.version))
 
 
 def _retire(zone: Zone, pending: PendingCommit, keep: frozenset[str]) -> None:
@@ -124,11 +150,11 @@ def _retire(zone: Zone, pending: PendingCommit, keep: frozenset[str]) -> None:
         if folder not in keep:
             zone.delete_version(folder)
     zone.delete(pending.staging)
+    zone.delete(_owner_path(pending.query, pending.version))
     zone.delete(_pending_path(pending.query, pending.version))
 
 
-def _older_than(version: str, grace: dt.timedelta, now: dt.datetime) -> bool:
-    made = version_time(version)
+def _older_than(made: dt.datetime | None, grace: dt.timedelta, now: dt.datetime) -> bool:
     return made is not None and now - made >= grace
 
 
@@ -137,12 +163,16 @@ def recover(
     query: str,
     grace: dt.timedelta,
     *,
+    alive: Callable[[str], bool],
     committed_dirs: Callable[[PendingCommit], frozenset[str]],
     register: Callable[[PendingCommit], None],
     now: dt.datetime | None = None,
 ) -> list[str]:
-    """Finish or undo the commits of `query` that stopped half-way and are older than `grace`.
+    """Finish or undo the commits of `query` that stopped half-way, and remove abandoned stagings.
 
+    Nothing of a run for which `alive(run_id)` holds is touched, however old; the rest waits until
+    `grace` has passed since the commit recorded itself (or its run began, for a staging), so a
+    run the instance does not know (another instance, a deleted run) is given that long.
     `committed_dirs` gives the folders that the pending commit's day's manifest names now: they
     are kept and everything else the commit made or replaced goes. When the manifest names the
     pending commit's own version, `register` first points the catalog at it. Returns one line
@@ -150,11 +180,15 @@ def recover(
     """
     now = now or dt.datetime.now(dt.UTC)
     cleared: list[str] = []
+    in_progress: set[str] = set()
     for name in zone.list_names(f"{PENDING}/{query}"):
-        version = name.removesuffix(".json")
-        if not name.endswith(".json") or not _older_than(version, grace, now):
+        if not name.endswith(".json"):
             continue
+        version = name.removesuffix(".json")
         pending = PendingCommit.model_validate_json(zone.read_text(f"{PENDING}/{query}/{name}"))
+        if alive(pending.run_id) or not _older_than(pending.recorded_at or version_time(version), grace, now):
+            in_progress.add(version)
+            continue
         keep = committed_dirs(pending)
         committed = bool(keep) and set(pending.new_dirs) <= keep
         if committed:
@@ -164,8 +198,14 @@ def recover(
             f"partition {pending.day.isoformat()}: "
             + (f"finished the commit of {version}" if committed else f"removed the uncommitted {version}")
         )
-    for version in zone.list_names(f"{STAGING}/{query}"):
-        if _older_than(version, grace, now):
+    names = zone.list_names(f"{STAGING}/{query}")
+    for version in {name.removesuffix(".json") for name in names} - in_progress:
+        owner_text = zone.read_text_if_exists(_owner_path(query, version))
+        owner = StagingOwner.model_validate_json(owner_text) if owner_text else None
+        if owner is not None and alive(owner.run_id):
+            continue
+        if _older_than(owner.started_at if owner else version_time(version), grace, now):
             zone.delete(f"{STAGING}/{query}/{version}")
+            zone.delete(_owner_path(query, version))
             cleared.append(f"removed the staging of {version}")
-    return cleared
+    return sorted(cleared)

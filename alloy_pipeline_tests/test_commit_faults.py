@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import dagster as dg
 import pytest
 
-from alloy_pipeline.assets.publication import Publisher
+from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.commit import ConcurrentCommitError
 from alloy_pipeline.lake import PENDING, RAW, STAGING, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
-from alloy_pipeline.zone import Zone
+from alloy_pipeline.zone import VERSION_PREFIX, Zone
 from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
 
 QUERY = "dw_container_job"
@@ -104,8 +105,14 @@ def glue(aws: str) -> CatalogResource:
     return CatalogResource(backend="glue", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
 
-def publisher(lake: LakeResource, catalog: CatalogResource, spark) -> Publisher:
-    return Publisher(lake, catalog, spark, RAW, QUERY, logging.getLogger("test"))
+def no_run_alive(run_id: str) -> bool:
+    return False
+
+
+def publisher(
+    lake: LakeResource, catalog: CatalogResource, spark, alive: Callable[[str], bool] = no_run_alive
+) -> Publisher:
+    return Publisher(lake, catalog, spark, RAW, QUERY, logging.getLogger("test"), alive)
 
 
 def publish_version(pub: Publisher, label: str) -> RawManifest:
@@ -209,6 +216,67 @@ def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: CatalogResour
     assert len(versions_on_disk(lake)) == 2, "a commit younger than the grace period may still be running"
     assert lake.raw.list_names(f"{PENDING}/{QUERY}")
     assert lake.raw_manifests(QUERY) == [old]
+
+
+def test_recovery_never_touches_the_staging_or_commit_of_a_run_still_alive(
+    tmp_path: Path, glue: CatalogResource, spark, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that polled Alloy for hours began its version long ago; another run's recovery, with
+    no grace at all, runs while it stages, and again between its last move and its manifest write."""
+    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=0)
+    other = publisher(lake, glue, spark, alive=runs_alive(instance, "another-run"))
+    old = publish_version(other, "old")
+    moves = FailAt(0)
+    move_dir, write_text = Zone.move_dir, Zone.write_text
+
+    def recovering_after_each_move(zone: Zone, source: str, target: str) -> None:
+        move_dir(zone, source, target)
+        moves.calls += 1
+        other.recover()
+
+    def recovering_once_staged(zone: Zone, relative: str, text: str) -> None:
+        write_text(zone, relative, text)
+        if relative.startswith(STAGING) and relative.endswith("/csv/Jobs.csv"):
+            other.recover()
+            assert zone.read_text(relative) == text, "the staging of a live run is left alone"
+
+    @dg.asset
+    def long_raw_run(context) -> None:  # noqa: ANN001 (dagster resolves the annotation, which this module defers)
+        mine = publisher(lake, glue, spark, alive=runs_alive(context.instance, context.run.run_id))
+        with monkeypatch.context() as patched:
+            patched.setattr(Zone, "write_text", recovering_once_staged)
+            patched.setattr(Zone, "move_dir", recovering_after_each_move)
+            publish_version(mine, context.run.run_id)
+
+    result = dg.materialize([long_raw_run], instance=instance)
+    [committed] = lake.raw_manifests(QUERY)
+    assert committed != old and moves.calls == len(TABLES) + 1
+    assert_whole(lake, committed, result.run_id)
+    assert versions_on_disk(lake) == {committed.version}
+
+
+def test_grace_is_measured_from_the_commit_not_from_the_run_start(
+    tmp_path: Path, glue: CatalogResource, spark, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit of a run the instance does not know, recorded a minute ago by a run that began hours ago."""
+    lake = LakeResource(
+        raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=60
+    )
+    pub = publisher(lake, glue, spark)
+    old = publish_version(pub, "old")
+    hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)
+    monkeypatch.setattr(
+        "alloy_pipeline.commit.new_version", lambda: f"{VERSION_PREFIX}{hours_ago:%Y%m%dT%H%M%SZ}_0a1b2c3d4e5f"
+    )
+    with monkeypatch.context() as patched:
+        inject(patched, "manifest write")
+        with pytest.raises(Injected):
+            publish_version(pub, "new")
+    pub.recover()
+    assert len(versions_on_disk(lake)) == 2, "recorded a moment ago: the commit may still be running"
+    no_grace = lake.model_copy(update={"cleanup_grace_minutes": 0})
+    publisher(no_grace, glue, spark).recover()
+    assert versions_on_disk(lake) == {old.version}, "once the grace has passed, the dead run's commit is undone"
 
 
 def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothing(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
@@ -22,6 +22,22 @@ from alloy_pipeline.partitions import Day
 from alloy_pipeline.zone import Zone
 
 
+def runs_alive(instance: dg.DagsterInstance, own_run_id: str) -> Callable[[str], bool]:
+    """Whether a run is still alive, as the instance knows it: queued, starting, started or canceling.
+
+    The asking run's own id counts as dead: a step retried within its run may clear what its
+    earlier attempt left.
+    """
+
+    def alive(run_id: str) -> bool:
+        if run_id == own_run_id:
+            return False
+        run = instance.get_run_by_id(run_id)
+        return run is not None and not run.is_finished
+
+    return alive
+
+
 @dataclass(frozen=True)
 class Publisher:
     """Commits and registers the partitions of one query in one layer of the lake."""
@@ -32,6 +48,8 @@ class Publisher:
     layer: Layer
     query: str
     log: logging.Logger | dg.DagsterLogManager
+    alive: Callable[[str], bool]
+    """Whether a run is still alive (`runs_alive`): recovery leaves such a run's commit alone."""
 
     @property
     def zone(self) -> Zone:
@@ -46,6 +64,7 @@ class Publisher:
             self.zone,
             self.query,
             dt.timedelta(minutes=self.lake.cleanup_grace_minutes),
+            alive=self.alive,
             committed_dirs=self._committed_dirs,
             register=lambda pending: self.register(self._manifest(self.zone.read_text(pending.manifest_path))),
         ):

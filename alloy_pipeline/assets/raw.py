@@ -20,7 +20,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from alloy_pipeline.alloy.client import AlloyResource, Export
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import table_schema
-from alloy_pipeline.assets.publication import Publisher
+from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.columns import name_columns, read_header
 from alloy_pipeline.frames import conform_csv
@@ -191,7 +191,15 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
         pyspark: PySparkResource,
     ) -> dg.MaterializeResult:
         day = Day.from_key(context.partition_key)
-        publisher = Publisher(lake, catalog, pyspark.spark_session, RAW, query.slug, context.log)
+        publisher = Publisher(
+            lake,
+            catalog,
+            pyspark.spark_session,
+            RAW,
+            query.slug,
+            context.log,
+            runs_alive(context.instance, context.run.run_id),
+        )
         publisher.recover()
         watermark = (
             None

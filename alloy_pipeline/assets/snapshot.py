@@ -7,7 +7,7 @@ up to D, and the mapping files), so a backfill in date order rebuilds the same p
 import datetime as dt
 import logging
 import warnings
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 
@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import preview, table_schema
-from alloy_pipeline.assets.publication import Publisher
+from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.frames import rename_columns, stamp_columns
 from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, SnapshotTable
@@ -93,10 +93,12 @@ class SnapshotStep:
     spark: SparkSession
     run_id: str
     log: logging.Logger
+    alive: Callable[[str], bool]
+    """Whether a run is still alive (`runs_alive`), for the recovery of failed commits."""
 
     @cached_property
     def publisher(self) -> Publisher:
-        return Publisher(self.lake, self.catalog, self.spark, REFINED, self.query, self.log)
+        return Publisher(self.lake, self.catalog, self.spark, REFINED, self.query, self.log, self.alive)
 
 
 @dataclass(frozen=True)
@@ -466,6 +468,7 @@ def build_snapshot_asset(
             spark=pyspark.spark_session,
             run_id=context.run.run_id,
             log=context.log,
+            alive=runs_alive(context.instance, context.run.run_id),
         )
         if context.has_partition_key:
             yield from snapshot_one_day(step, Day.from_key(context.partition_key))
