@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -112,18 +112,40 @@ class ExportRequest(_Node):
         """The JSON body Alloy expects: what the file holds, field for field (nothing added, nulls kept)."""
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
-    def since(self, watermark: datetime) -> ExportRequest:
-        """This request narrowed to items edited after `watermark`, keeping the query's own filter."""
-        edited = FilterNode(
-            type="GreaterThan",
-            children=(
-                FilterNode(type="ItemProperty", properties={"itemPropertyName": "lastEditDate"}),
-                FilterNode(type="DateTime", properties={"value": [format_alloy_datetime(watermark)]}),
-            ),
-        )
+    def edited(self, after: datetime | None = None, until: datetime | None = None) -> ExportRequest:
+        """This request narrowed to items last edited after `after` and up to `until` (each optional),
+        keeping the query's own filter beside the new conditions under an `And`.
+
+        Alloy stores `lastEditDate` to the millisecond, so `<= until` is asked as `< until + 1 ms`
+        with the operator every AQS version has.
+        """
+        conditions = [
+            _edit_date_node(kind, moment)
+            for kind, moment in (("GreaterThan", after), ("LessThan", _next_millisecond(until)))
+            if moment is not None
+        ]
+        if not conditions:
+            return self
         own = self.aqs.children
-        child = FilterNode(type="And", children=(*own, edited)) if own else edited
+        nodes = (*own, *conditions)
+        child = nodes[0] if len(nodes) == 1 else FilterNode(type="And", children=nodes)
         return self.model_copy(update={"aqs": self.aqs.model_copy(update={"children": (child,)})})
+
+
+def _edit_date_node(kind: str, moment: datetime) -> FilterNode:
+    return FilterNode(
+        type=kind,
+        children=(
+            FilterNode(type="ItemProperty", properties={"itemPropertyName": "lastEditDate"}),
+            FilterNode(type="DateTime", properties={"value": [format_alloy_datetime(moment)]}),
+        ),
+    )
+
+
+def _next_millisecond(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000) + timedelta(milliseconds=1)
 
 
 def format_alloy_datetime(moment: datetime) -> str:

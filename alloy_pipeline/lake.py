@@ -73,10 +73,18 @@ class RawManifest(BaseModel):
     kind: Literal["full", "incremental"]
     watermark: dt.datetime | None
     requested_at: dt.datetime
+    extracted_until: dt.datetime | None = None
+    """The last edit time this extract asked for, when it was bounded (a re-run of a day that has
+    later days); None when it asked for everything up to its request."""
     task_id: str
     run_id: str
     main_table: str
     tables: dict[str, TableOutput]
+
+    @property
+    def covered_until(self) -> dt.datetime:
+        """The latest edit this partition can hold: its bound, or its request time."""
+        return self.extracted_until or self.requested_at
 
     def data_dirs(self, zone: Zone) -> tuple[str, ...]:
         """The zone-relative folders that hold this partition's files: its tables and its CSVs."""

@@ -105,7 +105,7 @@ def test_fields_the_pipeline_does_not_read_pass_through_at_every_level(tmp_path:
     write(tmp_path, "Fix My Street Defect.json", written)
     [query] = load_queries(tmp_path)
     assert query.request.to_body() == written
-    narrowed = query.request.since(WATERMARK).to_body()
+    narrowed = query.request.edited(after=WATERMARK).to_body()
     [wrapped] = narrowed["aqs"]["children"]
     assert wrapped["children"][0] == written["aqs"]["children"][0]
     assert {key: value for key, value in narrowed.items() if key != "aqs"} == {
@@ -116,7 +116,7 @@ def test_fields_the_pipeline_does_not_read_pass_through_at_every_level(tmp_path:
 
 
 def test_incremental_filter_wraps_own_filter_in_and() -> None:
-    body = ExportRequest.model_validate(JOIN_REQUEST).since(WATERMARK).to_body()
+    body = ExportRequest.model_validate(JOIN_REQUEST).edited(after=WATERMARK).to_body()
     [child] = body["aqs"]["children"]
     assert child["type"] == "And"
     assert child["children"] == [JOIN_REQUEST["aqs"]["children"][0], edited_since_node("2024-03-31T23:05:07.123Z")]
@@ -125,7 +125,7 @@ def test_incremental_filter_wraps_own_filter_in_and() -> None:
 
 def test_incremental_filter_alone_when_query_has_no_filter() -> None:
     request = {**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "children": []}}
-    body = ExportRequest.model_validate(request).since(WATERMARK).to_body()
+    body = ExportRequest.model_validate(request).edited(after=WATERMARK).to_body()
     assert body["aqs"]["children"] == [edited_since_node("2024-03-31T23:05:07.123Z")]
 
 
@@ -214,3 +214,23 @@ def test_missing_or_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
         load_queries(tmp_path / "nowhere")
     with pytest.raises(AqsError, match="no \\*.json"):
         load_queries(tmp_path)
+
+
+def test_a_bounded_window_asks_for_edits_up_to_the_bound_beside_the_querys_filter() -> None:
+    until = datetime(2024, 4, 2, 3, 0, 0, 250999, tzinfo=UTC)
+    body = ExportRequest.model_validate(JOIN_REQUEST).edited(after=WATERMARK, until=until).to_body()
+    [child] = body["aqs"]["children"]
+    assert child["type"] == "And"
+    own, after, before = child["children"]
+    assert own == JOIN_REQUEST["aqs"]["children"][0]
+    assert after == edited_since_node("2024-03-31T23:05:07.123Z")
+    assert before["type"] == "LessThan", "<= until, to the millisecond Alloy stores"
+    [bound] = before["children"][1]["properties"]["value"]
+    assert datetime.strptime(bound, "%Y-%m-%dT%H:%M:%S.%f%z") - until.replace(microsecond=250000) == timedelta(
+        milliseconds=1
+    )
+
+
+def test_a_full_extract_is_the_request_as_written() -> None:
+    request = {**JOIN_REQUEST, "aqs": {**JOIN_REQUEST["aqs"], "children": []}}
+    assert ExportRequest.model_validate(request).edited().to_body() == request

@@ -309,7 +309,7 @@ def test_fields_the_pipeline_does_not_read_reach_alloy_unchanged(tmp_path) -> No
     with AlloySimulator(dataset=dataset_for_queries([written]), api_key=API_KEY) as simulator:
         with client(simulator) as alloy:
             alloy.export(request, tmp_path / "full", max_archive_bytes=10**8)
-            alloy.export(request.since(WATERMARK), tmp_path / "incremental", max_archive_bytes=10**8)
+            alloy.export(request.edited(after=WATERMARK), tmp_path / "incremental", max_archive_bytes=10**8)
         full, incremental = (seen.body for seen in simulator.requests if seen.method == "POST")
     assert full == written
     assert {key: value for key, value in incremental.items() if key != "aqs"} == {

@@ -194,3 +194,42 @@ def test_a_row_wider_or_narrower_than_its_header_fails_naming_the_file(spark, tm
             stamp=import_stamp(day, dt.datetime(2024, 3, 1, 6, tzinfo=dt.UTC)),
             staging="staging",
         )
+
+
+def test_rerunning_an_old_day_asks_only_for_edits_up_to_its_own_extract(pipeline: Pipeline) -> None:
+    """A re-run of day 2 once day 3 exists must not bring day-3 (or later) values into day 2."""
+    pipeline.keep_only("Gully Inspections")
+    dataset, query, design = pipeline.simulator.dataset, "gully_inspections", "designs_gullyInspection"
+    again, kept, on_day_three, today = dataset.ids(design)[:4]
+
+    def extracted(day: str) -> set[str]:
+        return {row.item_id for row in pipeline.raw_table(query, query, day).select("item_id").collect()}
+
+    pipeline.run("2024-03-01", group="alloy_raw")
+    dataset.edit(design, [again, kept])
+    pipeline.run("2024-03-02", group="alloy_raw")
+    original = pipeline.raw_manifest(query, "2024-03-02")
+    assert original is not None and original.extracted_until is None and extracted("2024-03-02") == {again, kept}
+    dataset.edit(design, [on_day_three])
+    pipeline.run("2024-03-03", group="alloy_raw")
+    dataset.edit(design, [again, today])
+
+    for _ in range(2):
+        pipeline.run("2024-03-02", group="alloy_raw")
+        rerun = pipeline.raw_manifest(query, "2024-03-02")
+        assert rerun is not None and rerun.extracted_until == original.requested_at
+        assert rerun.watermark == original.watermark
+        assert extracted("2024-03-02") == {kept}, "items edited after day 2's extract wait for the days that hold them"
+    [bound] = [
+        node
+        for node in exports_sent(pipeline.simulator)[-1]["aqs"]["children"][0]["children"]
+        if node["type"] == "LessThan"
+    ]
+    [value] = bound["children"][1]["properties"]["value"]
+    assert dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z") > original.requested_at
+    assert dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z") - original.requested_at <= dt.timedelta(milliseconds=1)
+
+    pipeline.run("2024-03-03", group="alloy_raw")
+    latest = pipeline.raw_manifest(query, "2024-03-03")
+    assert latest is not None and latest.extracted_until is None, "the latest day asks for everything up to now"
+    assert extracted("2024-03-03") == {kept, on_day_three, again, today}, "from day 2's bound, less the overlap"

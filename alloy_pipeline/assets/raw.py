@@ -7,6 +7,7 @@ columns, and is published as a new version of the day (`publication.py`).
 import datetime as dt
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -49,12 +50,38 @@ class RawExtractConfig(dg.Config):
     )
 
 
-def watermark_for(manifests: list[RawManifest], day: Day, overlap: dt.timedelta) -> dt.datetime | None:
-    """The previous raw partition's request time minus `overlap`; None means a full extract."""
+@dataclass(frozen=True)
+class ExtractWindow:
+    """The edits one raw partition asks Alloy for: after `after` (None: from the start, a full
+    extract) and up to `until` (None: up to the request)."""
+
+    after: dt.datetime | None
+    until: dt.datetime | None
+
+    def describe(self) -> str:
+        start = "full extract" if self.after is None else f"edits since {self.after.isoformat()}"
+        return start + (f", up to {self.until.isoformat()}" if self.until else "")
+
+
+def extract_window(manifests: list[RawManifest], day: Day, overlap: dt.timedelta, *, full: bool) -> ExtractWindow:
+    """What day `day` asks for, given the committed raw partitions.
+
+    `after` is the previous partition's bound (its request time, unless it was itself bounded)
+    minus `overlap`. A day with later partitions is bounded: a re-run must not bring values first
+    seen after its own day into it and, through the cascade, into the days after it. It asks for
+    edits up to the bound of its own earlier extract or, when it was never extracted, up to where
+    the next partition's window starts. An item edited again after the bound is left to the
+    later day that extracted it. A full extract is never bounded: it cannot tell an item edited
+    since the bound from one deleted, and would drop it from every later snapshot.
+    """
     earlier = [manifest for manifest in manifests if manifest.day < day.date]
-    if not earlier:
-        return None
-    return max(earlier, key=lambda manifest: manifest.day).requested_at - overlap
+    later = sorted((manifest for manifest in manifests if manifest.day > day.date), key=lambda manifest: manifest.day)
+    after = None if full or not earlier else max(earlier, key=lambda manifest: manifest.day).covered_until - overlap
+    if after is None or not later:
+        return ExtractWindow(after, None)
+    own = next((manifest for manifest in manifests if manifest.day == day.date), None)
+    until = own.covered_until if own else later[0].watermark or later[0].covered_until
+    return ExtractWindow(after, until)
 
 
 def import_stamp(day: Day, requested_at: dt.datetime) -> dict[str, str | dt.datetime]:
@@ -201,18 +228,14 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
             runs_alive(context.instance, context.run.run_id),
         )
         publisher.recover()
-        watermark = (
-            None
-            if config.full_refresh
-            else watermark_for(
-                lake.raw_manifests(query.slug, replacing=(day,)), day, dt.timedelta(minutes=config.overlap_minutes)
-            )
+        window = extract_window(
+            lake.raw_manifests(query.slug, replacing=(day,)),
+            day,
+            dt.timedelta(minutes=config.overlap_minutes),
+            full=config.full_refresh,
         )
-        request = query.request if watermark is None else query.request.since(watermark)
-        context.log.info(
-            f"{query.slug} {day.key}: "
-            + ("full extract" if watermark is None else f"edits since {watermark.isoformat()}")
-        )
+        request = query.request.edited(after=window.after, until=window.until)
+        context.log.info(f"{query.slug} {day.key}: {window.describe()}")
         commit = publisher.begin(day, context.run.run_id)
         try:
             with tempfile.TemporaryDirectory(prefix=f"alloy-{query.slug}-") as workdir:
@@ -239,8 +262,9 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
             query=query.slug,
             day=day.date,
             version=commit.version,
-            kind="full" if watermark is None else "incremental",
-            watermark=watermark,
+            kind="full" if window.after is None else "incremental",
+            watermark=window.after,
+            extracted_until=window.until,
             requested_at=export.requested_at,
             task_id=export.task_id,
             run_id=context.run.run_id,
@@ -258,7 +282,8 @@ def build_raw_asset(query: AqsQuery, partitions: dg.PartitionsDefinition) -> dg.
                 "dagster/table_name": catalog.table_name(RAW, query.slug, main_table),
                 "dagster/column_schema": table_schema(outputs[main_table]),
                 "extract_kind": manifest.kind,
-                "watermark": watermark.isoformat() if watermark else "none (full extract)",
+                "watermark": window.after.isoformat() if window.after else "none (full extract)",
+                "extracted_until": window.until.isoformat() if window.until else "the request",
                 "task_id": export.task_id,
                 "requested_at": export.requested_at.isoformat(),
                 "rows": dg.MetadataValue.json({table: output.rows for table, output in outputs.items()}),
