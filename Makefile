@@ -42,7 +42,7 @@ dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	[ -f $(DAGSTER_HOME)/dagster.yaml ] || cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	remote=$$($(BIN)/alloy-pipeline engine start) || exit 1; \
-	echo "dagster dev steps are clients of the Spark engine at $$remote; it stays running afterwards (make engine-stop)"; \
+	echo "dagster dev steps are clients of the Spark engine at $${remote%%/;*}; it stays running afterwards (make engine-stop)"; \
 	$(BIN)/python -m alloy_pipeline.alloy.simulator --port $(SIMULATOR_PORT) --api-key demo-key --aqs-dir "$${ALLOY_AQS_DIR:-aqs_queries}" & sim=$$!; \
 	trap "kill $$sim" EXIT INT TERM; \
 	SPARK_REMOTE=$$remote ALLOY_API_URL=http://127.0.0.1:$(SIMULATOR_PORT) ALLOY_API_KEY=demo-key $(BIN)/dagster dev

@@ -130,13 +130,14 @@ def demo(data: Path, days: int, aqs_dir: Path | None = None) -> int:
     yesterday = dt.datetime.now(ZoneInfo(LONDON)).date() - dt.timedelta(days=1)
     keys = _days(yesterday - dt.timedelta(days=days - 1), yesterday)
     print("Starting the Spark engine (a Spark Connect server on loopback)", flush=True)
+    settings = EngineSettings.under(data)
     with ExitStack() as stack:
-        state = stack.enter_context(engine.running(EngineSettings.under(data)))
+        stack.enter_context(engine.running(settings))
         simulator = stack.enter_context(AlloySimulator(dataset=dataset, api_key=DEMO_API_KEY))
         stack.enter_context(
             _environment(
                 {
-                    "SPARK_REMOTE": state.url,
+                    "SPARK_REMOTE": settings.url,
                     "ALLOY_API_URL": simulator.url,
                     "ALLOY_API_KEY": DEMO_API_KEY,
                     "ALLOY_AQS_DIR": str(aqs_dir),
@@ -148,14 +149,14 @@ def demo(data: Path, days: int, aqs_dir: Path | None = None) -> int:
         )
         definitions = build_definitions()
         catalog = definitions.resources["catalog"]
-        spark = stack.enter_context(connected(state.url))
+        spark = stack.enter_context(connected(settings.url))
         for database in (catalog.database(RAW), catalog.database(REFINED)):
             spark.sql(f"DROP DATABASE IF EXISTS `{database}` CASCADE")
         lake = LakeResource(raw_zone=str(raw_zone), refined_zone=str(refined_zone))
         queries = _queries(definitions)
         daily = definitions.resolve_job_def("alloy_daily")
         instance = _instance()
-        print(f"Spark engine at {state.url}; Alloy simulator at {simulator.url}; lake under {data}")
+        print(f"Spark engine at {settings.endpoint}; Alloy simulator at {simulator.url}; lake under {data}")
         with dg.build_resources({"mappings": definitions.resources["mappings"]}) as built:
             print(f"AQS files from {aqs_dir}; mapping files from {built.mappings.location}")
         for number, day in enumerate(keys):
@@ -194,7 +195,11 @@ def sql(query: str, data: Path) -> int:
 
     catalog = build_definitions().resources["catalog"]
     with ExitStack() as stack:
-        remote = os.environ.get("SPARK_REMOTE") or stack.enter_context(engine.running(EngineSettings.under(data))).url
+        remote = os.environ.get("SPARK_REMOTE")
+        if not remote:
+            settings = EngineSettings.under(data)
+            stack.enter_context(engine.running(settings))
+            remote = settings.url
         _show(catalog.queryable(stack.enter_context(connected(remote))).sql(query))
     return 0
 
@@ -269,12 +274,15 @@ def mappings() -> int:
 
 
 def engine_command(action: str, settings: EngineSettings) -> int:
-    """`start` prints only the SPARK_REMOTE value on stdout, so scripts can capture it."""
+    """`start` and `status` print only the SPARK_REMOTE value on stdout, so scripts can capture it:
+    it carries the engine's token, so it goes nowhere else (stderr names the token's file)."""
     if action == "start":
         state, started = engine.start(settings)
         verb = "started" if started else "already running"
-        print(f"Spark engine {verb} (pid {state.pid}, log {state.log})", file=sys.stderr)
-        print(state.url)
+        print(
+            f"Spark engine {verb} (pid {state.pid}, log {state.log}, token in {settings.token_file})", file=sys.stderr
+        )
+        print(settings.url)
         return 0
     if action == "stop":
         stopped = engine.stop(settings)
@@ -286,8 +294,8 @@ def engine_command(action: str, settings: EngineSettings) -> int:
     if state is None:
         print(f"no Spark engine is running from {settings.home}", file=sys.stderr)
         return 1
-    print(f"Spark engine running (pid {state.pid}, log {state.log})", file=sys.stderr)
-    print(state.url)
+    print(f"Spark engine running (pid {state.pid}, log {state.log}, token in {settings.token_file})", file=sys.stderr)
+    print(settings.url)
     return 0
 
 

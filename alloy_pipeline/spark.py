@@ -8,8 +8,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dagster as dg
+import grpc
 from dagster_pyspark import PySparkResource
 from pydantic import Field
+from pyspark.errors.exceptions.connect import SparkConnectGrpcException
 from pyspark.sql import SparkSession
 
 SESSION_SETTINGS: dict[str, str] = {
@@ -37,13 +39,17 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def endpoint(remote: str) -> str:
-    """A Spark Connect URL without its parameters (`;token=…` and the like), safe to log."""
-    return remote.split(";", 1)[0]
+    """A Spark Connect URL without its parameters (`/;token=…` and the like), safe to log."""
+    return remote.split(";", 1)[0].rstrip("/")
 
 
 def on_loopback(remote: str) -> bool:
     """Whether a Spark Connect URL names this machine."""
     return urlsplit(endpoint(remote)).hostname in LOOPBACK_HOSTS
+
+
+class SparkConnectRefused(RuntimeError):
+    """A Spark Connect server refused this client's credentials (a missing or wrong token)."""
 
 
 def connect_session(remote: str) -> SparkSession:
@@ -55,8 +61,23 @@ def connect_session(remote: str) -> SparkSession:
     Reattachable execution lets a client resume a result stream that the network cut, for about
     20 ms more per operation; a connection on loopback (the local engine) cannot be cut that way,
     and a snapshot day runs a dozen operations, so its clients do without it.
+
+    A server that refuses the client's token raises `SparkConnectRefused`, naming the endpoint
+    only: the URL's token stays out of the message.
     """
-    session = SparkSession.builder.remote(remote).config(map=SESSION_SETTINGS).getOrCreate()
+    try:
+        session = SparkSession.builder.remote(remote).config(map=SESSION_SETTINGS).getOrCreate()
+    except SparkConnectGrpcException as error:
+        if error.getGrpcStatusCode() != grpc.StatusCode.UNAUTHENTICATED:
+            raise
+        refused = SparkSession.getActiveSession()
+        if refused is not None:
+            refused.stop()  # else this process's next getOrCreate would return the refused session
+        raise SparkConnectRefused(
+            f"the Spark Connect server at {endpoint(remote)} refused this client's credentials: for the "
+            "local engine, SPARK_REMOTE must be the URL `alloy-pipeline engine start` prints, with its "
+            "`;token=…`; for a cluster, the credentials its endpoint asks for"
+        ) from error
     if on_loopback(remote):
         session.client.disable_reattachable_execute()
     return session
@@ -79,7 +100,7 @@ class SparkResource(PySparkResource):
     With `remote`, a step starts no JVM: it talks to the engine (`alloy-pipeline engine start`)
     or a cluster's Connect endpoint, and catalog registration runs in that server's session. The
     step's log names its session, whose id the server's log and Spark UI show against each job;
-    the URL's parameters (a Databricks token, say) are never logged.
+    the URL's parameters (the engine's token, a Databricks token) are never logged.
     """
 
     remote: str | None = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,12 @@ from alloy_pipeline_tests.harness import API_KEY, Pipeline
 
 ENGINE_TIME_ZONE = "America/New_York"
 """The test engine's own default: every session must still work in UTC."""
+STARTER_SECRETS = {
+    name: f"starter-secret-{name.lower()}"
+    for name in ("ALLOY_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+}
+"""Secrets in the environment the test engine is started from, as in a Dagster process: its JVM
+must hold none of them."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,7 +53,7 @@ def engine_starting(
     )
 
     def start() -> EngineSettings:
-        engines.start(settings)
+        engines.start(settings, os.environ | STARTER_SECRETS)
         return settings
 
     with ThreadPoolExecutor(max_workers=1) as starter:

@@ -12,17 +12,20 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import grpc
 import pyarrow.parquet as pq
 import pytest
+from pyspark.errors.exceptions.connect import SparkConnectGrpcException
 from pyspark.sql import SparkSession
 from pyspark.sql.connect.session import SparkSession as ConnectSession
 
 from alloy_pipeline import engine as engines
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
+from alloy_pipeline.cli import engine_command
 from alloy_pipeline.engine import EngineError, EngineSettings
 from alloy_pipeline.lake import LakeResource
-from alloy_pipeline.spark import on_loopback
-from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE
+from alloy_pipeline.spark import endpoint, on_loopback
+from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE, STARTER_SECRETS
 from alloy_pipeline_tests.harness import API_KEY, REPO, Pipeline
 
 QUERY = "dw_container_job"
@@ -102,6 +105,8 @@ def test_parallel_steps_are_clients_of_one_engine(engine: EngineSettings, spark:
         }
         output = materialize_in_subprocess("2024-03-01", environment)
     assert "in-memory catalog" not in output
+    assert f"on {engine.endpoint}" in output, "each step logs the engine it talks to"
+    assert token_of(engine) not in output, "and never its token"
 
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         [run] = instance.get_runs()
@@ -170,12 +175,15 @@ def test_stop_ends_only_the_engine_it_started(tmp_path: Path) -> None:
     bystander = subprocess.Popen(["sleep", "60"])
     try:
         settings = EngineSettings(home=tmp_path, port=engines.free_port())
-        state = engines.EngineState(url=settings.url, pid=bystander.pid, log=tmp_path / "server.out")
+        state = engines.EngineState(endpoint=settings.endpoint, pid=bystander.pid, log=tmp_path / "server.out")
         settings.state_file.write_text(state.model_dump_json())
+        settings.token_file.parent.mkdir()
+        settings.token_file.write_text("a stopped server's token")
         assert engines.status(settings) is None
         assert engines.stop(settings) is False
         assert bystander.poll() is None, "another program's process was left running"
         assert not settings.state_file.exists()
+        assert not settings.token_file.exists()
     finally:
         bystander.kill()
 
@@ -194,6 +202,7 @@ def test_start_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
     [
         ("sc://127.0.0.1:15002", True),
         ("sc://localhost:15002/;user_id=analyst", True),
+        ("sc://localhost:15002/;token=secret", True),
         ("sc://[::1]:15002", True),
         ("sc://spark.council.example:443/;use_ssl=true;token=secret", False),
         ("sc://10.0.0.7:15002", False),
@@ -201,3 +210,142 @@ def test_start_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
 )
 def test_only_clients_on_loopback_give_up_reattachable_execution(remote: str, local: bool) -> None:
     assert on_loopback(remote) is local
+
+
+def test_endpoint_leaves_the_token_out() -> None:
+    assert endpoint("sc://localhost:15002/;token=secret;user_id=analyst") == "sc://localhost:15002"
+    assert endpoint("sc://10.0.0.7:15002") == "sc://10.0.0.7:15002"
+
+
+def token_of(settings: EngineSettings) -> str:
+    return settings.token_file.read_text()
+
+
+@pytest.mark.parametrize(
+    ("credentials", "refusal"),
+    [
+        ("", "No authentication token provided"),
+        ("/;token=not-the-engines-token", "Invalid authentication token"),
+    ],
+)
+def test_a_client_without_the_engines_token_is_refused(engine: EngineSettings, credentials: str, refusal: str) -> None:
+    """Over plain TCP to 127.0.0.1 without a token, and over local credentials with a wrong one.
+
+    A session of its own (not the builder's), so the refused one never becomes this process's default."""
+    hosts = ["127.0.0.1", "localhost"] if not credentials else ["localhost"]
+    for host in hosts:
+        outsider = ConnectSession(connection=f"sc://{host}:{engine.port}{credentials}")
+        try:
+            with pytest.raises(SparkConnectGrpcException, match=refusal) as refused:
+                outsider.sql("SELECT 1").collect()
+            assert refused.value.getGrpcStatusCode() == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            outsider.client.close()
+
+
+REFUSED_THEN_ADMITTED = """
+import os, sys
+from alloy_pipeline.spark import SparkConnectRefused, connect_session
+try:
+    connect_session(sys.argv[1])
+except SparkConnectRefused as refused:
+    print(f"{type(refused).__name__}: {refused}", file=sys.stderr)
+print(connect_session(os.environ["SPARK_REMOTE"]).sql("SELECT 'admitted' AS answer").first().answer)
+"""
+
+
+def test_a_refused_step_is_told_where_the_token_comes_from(engine: EngineSettings) -> None:
+    """`connect_session`, as a step's SparkResource opens it, in a process of its own (a process
+    keeps its first session): the error names the endpoint and `engine start`, never the token,
+    and the refused session does not stand in for the next one."""
+    wrong = "not-the-engines-token"
+    completed = subprocess.run(
+        [sys.executable, "-c", REFUSED_THEN_ADMITTED, f"{engine.endpoint}/;token={wrong}"],
+        env={**os.environ, "SPARK_REMOTE": engine.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "admitted"
+    assert f"SparkConnectRefused: the Spark Connect server at {engine.endpoint} refused" in completed.stderr
+    assert "`alloy-pipeline engine start` prints" in completed.stderr
+    assert wrong not in completed.stderr and token_of(engine) not in completed.stderr
+
+
+def test_the_token_is_its_owners_alone(engine: EngineSettings) -> None:
+    """0600 in a 0700 folder, and nowhere else another user can read: not in the server's command
+    line (`ps`), nor in its state or log."""
+    state = engines.status(engine)
+    assert state is not None
+    token = token_of(engine)
+    assert len(token) >= 40
+    assert engine.url == f"sc://localhost:{engine.port}/;token={token}"
+    for path, mode in ((engine.token_file, 0o600), (engine.token_file.parent, 0o700)):
+        info = path.stat()
+        assert (oct(info.st_mode & 0o777), info.st_uid) == (oct(mode), os.getuid()), path
+    assert token.encode() not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+    assert token not in engine.state_file.read_text()
+    assert token not in state.log.read_text(errors="replace")
+
+
+def test_engine_status_prints_the_url_with_its_token_on_stdout_only(
+    engine: EngineSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `remote=$(alloy-pipeline engine start)` captures; the terminal sees where the token is."""
+    assert engine_command("status", engine) == 0
+    printed = capsys.readouterr()
+    assert printed.out == f"{engine.url}\n"
+    assert token_of(engine) not in printed.err
+    assert str(engine.token_file) in printed.err
+
+
+def test_the_engines_jvm_holds_none_of_its_starters_secrets(engine: EngineSettings, spark: SparkSession) -> None:
+    """The test engine was started from an environment holding an Alloy key and AWS keys: neither
+    its process's environment nor SQL (`reflect` reads the JVM's own) shows any of them."""
+    state = engines.status(engine)
+    assert state is not None
+    inherited = dict(
+        entry.split("=", 1) for entry in Path(f"/proc/{state.pid}/environ").read_text().split("\0") if entry
+    )
+    assert inherited[engines.TOKEN_VARIABLE] == token_of(engine), "the environment read is the server's own"
+    assert not inherited.keys() & STARTER_SECRETS.keys()
+    [row] = spark.sql(
+        "SELECT reflect('java.lang.System', 'getenv') AS environment, "
+        "reflect('java.lang.System', 'getenv', 'ALLOY_API_KEY') AS alloy_api_key"
+    ).collect()
+    assert "SPARK_HOME=" in row.environment and row.alloy_api_key == "null"
+    for name, secret in STARTER_SECRETS.items():
+        assert f"{name}=" not in row.environment and secret not in row.environment, name
+
+
+def test_the_jvm_inherits_only_what_spark_needs() -> None:
+    """An allow-list: the system's basics, Spark's and Hadoop's settings and pointers to AWS
+    credentials pass; the keys, anything of Alloy's or Dagster's, and a client's settings do not."""
+    kept = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/etl",
+        "LC_ALL": "en_GB.UTF-8",
+        "JAVA_HOME": "/usr/lib/jvm/17",
+        "SPARK_CONF_DIR": "/etc/spark",
+        "HADOOP_CONF_DIR": "/etc/hadoop",
+        "AWS_PROFILE": "lake",
+        "AWS_REGION": "eu-west-2",
+        "AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/secrets/token",
+    }
+    dropped = {
+        "ALLOY_API_KEY": "key",
+        "ALLOY_API_KEY_SECRET_ID": "prod/alloy/api-key",
+        "ALLOY_API_URL": "https://api.uk.alloyapp.io",
+        "AWS_ACCESS_KEY_ID": "AKIA",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_SESSION_TOKEN": "session",
+        "DAGSTER_PG_PASSWORD": "postgres",
+        "GITHUB_TOKEN": "ghp",
+        "SPARK_REMOTE": "sc://localhost:15002/;token=a-client-setting",
+        "SPARK_CONNECT_MODE_ENABLED": "1",
+        engines.TOKEN_VARIABLE: "another-servers-token",
+    }
+    assert engines.server_environment(kept | dropped, "this-servers-token") == kept | {
+        engines.TOKEN_VARIABLE: "this-servers-token"
+    }
