@@ -166,6 +166,7 @@ def recover(
     alive: Callable[[str], bool],
     committed_dirs: Callable[[PendingCommit], frozenset[str]],
     register: Callable[[PendingCommit], None],
+    warn: Callable[[str], None],
     now: dt.datetime | None = None,
 ) -> list[str]:
     """Finish or undo the commits of `query` that stopped half-way, and remove abandoned stagings.
@@ -177,6 +178,10 @@ def recover(
     are kept and everything else the commit made or replaced goes. When the manifest names the
     pending commit's own version, `register` first points the catalog at it. Returns one line
     per thing cleared, for the step's log.
+
+    A pending record, or the manifest it must be judged against, that cannot be read is left
+    alone with a warning (`warn`) naming the file and the fix: one damaged day must not stop
+    every run of the query, the re-run that repairs that day included.
     """
     now = now or dt.datetime.now(dt.UTC)
     cleared: list[str] = []
@@ -185,11 +190,29 @@ def recover(
         if not name.endswith(".json"):
             continue
         version = name.removesuffix(".json")
-        pending = PendingCommit.model_validate_json(zone.read_text(f"{PENDING}/{query}/{name}"))
+        record = f"{PENDING}/{query}/{name}"
+        try:
+            pending = PendingCommit.model_validate_json(zone.read_text(record))
+        except (ValueError, OSError) as error:
+            in_progress.add(version)
+            warn(
+                f"the record {zone.uri_of(record)} of a failed commit cannot be read ({type(error).__name__}); "
+                "it and its version are left in place: delete the record once no run of this query is running"
+            )
+            continue
         if alive(pending.run_id) or not _older_than(pending.recorded_at or version_time(version), grace, now):
             in_progress.add(version)
             continue
-        keep = committed_dirs(pending)
+        try:
+            keep = committed_dirs(pending)
+        except (ValueError, OSError) as error:
+            in_progress.add(version)
+            warn(
+                f"partition {pending.day.isoformat()}: the failed commit of {version} is left in place, because "
+                f"its manifest {zone.uri_of(pending.manifest_path)} cannot be read ({type(error).__name__}); "
+                f"re-run partition {pending.day.isoformat()} to rewrite the manifest, and the next run clears it"
+            )
+            continue
         committed = bool(keep) and set(pending.new_dirs) <= keep
         if committed:
             register(pending)

@@ -279,6 +279,34 @@ def test_grace_is_measured_from_the_commit_not_from_the_run_start(
     assert versions_on_disk(lake) == {old.version}, "once the grace has passed, the dead run's commit is undone"
 
 
+def test_a_failed_commit_beside_a_damaged_manifest_does_not_block_the_days_repair(
+    lake: LakeResource,
+    glue: CatalogResource,
+    spark,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pub = publisher(lake, glue, spark)
+    publish_version(pub, "old")
+    with monkeypatch.context() as patched:
+        inject(patched, "manifest write")
+        with pytest.raises(Injected):
+            publish_version(pub, "failed")
+    manifest_path = RAW.manifest_path(QUERY, DAY)
+    lake.raw.write_text(manifest_path, '{"query": "dw_container_job", "day": "2024-03-')
+
+    with caplog.at_level(logging.WARNING):
+        pub.recover()
+    assert f"its manifest {lake.raw.uri_of(manifest_path)} cannot be read" in caplog.text
+    assert f"re-run partition {DAY.date.isoformat()}" in caplog.text
+
+    repaired = publish_version(pub, "repair")
+    pub.recover()
+    assert lake.raw_manifests(QUERY) == [repaired]
+    assert_whole(lake, repaired, "repair")
+    assert lake.raw.list_names(f"{PENDING}/{QUERY}") == [], "the failed commit is cleared once the day is repaired"
+
+
 def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothing(
     lake: LakeResource, glue: CatalogResource, spark
 ) -> None:

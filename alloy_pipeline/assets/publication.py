@@ -67,6 +67,7 @@ class Publisher:
             alive=self.alive,
             committed_dirs=self._committed_dirs,
             register=lambda pending: self.register(self._manifest(self.zone.read_text(pending.manifest_path))),
+            warn=lambda message: self.log.warning(f"{self.query}: {message}"),
         ):
             self.log.info(f"{self.query}: after a failed commit, {line}")
 
