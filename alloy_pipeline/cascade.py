@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from alloy_pipeline.lake import LakeResource
+from alloy_pipeline.lake import LakeResource, ManifestError
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, out_of_date
 
@@ -67,6 +67,19 @@ def _flag(query: str, day: dt.date, changes: list[str]) -> dg.AssetCheckEvaluati
     )
 
 
+def _unreadable(query: str, error: ManifestError) -> dg.AssetCheckEvaluation:
+    """A query whose manifests cannot be read is reported on the damaged day; the others go on."""
+    return dg.AssetCheckEvaluation(
+        asset_key=snapshot_key(query),
+        check_name=CURRENT_INPUTS_CHECK,
+        passed=False,
+        severity=dg.AssetCheckSeverity.WARN,
+        partition=error.day.isoformat(),
+        description="A manifest of this query cannot be read, so its snapshots could not be checked.",
+        metadata={"error": str(error)},
+    )
+
+
 def _rebuild(query: str, stale: dict[dt.date, list[str]], last: dt.date) -> dg.RunRequest:
     first = min(stale)
     cause = f"{first.isoformat()}: " + "; ".join(stale[first])
@@ -105,8 +118,13 @@ def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorD
             newest = (_newest(context.instance, raw_key(query)), _newest(context.instance, snapshot_key(query)))
             if cursor.seen.get(query) == newest:
                 continue
-            snapshots = lake.snapshot_manifests(query)
-            stale = out_of_date(query, snapshots, lake.raw_manifests(query))
+            try:
+                snapshots = lake.snapshot_manifests(query)
+                stale = out_of_date(query, snapshots, lake.raw_manifests(query))
+            except ManifestError as error:
+                context.log.error(f"query {query} was not checked for out-of-date snapshots: {error}")
+                flags.append(_unreadable(query, error))
+                continue
             reported = cursor.flagged.get(query, {})
             flags += [
                 _flag(query, day, changes) for day, changes in stale.items() if reported.get(day.isoformat()) != changes

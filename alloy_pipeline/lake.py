@@ -37,6 +37,10 @@ MANIFEST_NAME = re.compile(r"^(\d{8})\.json$")
 class ManifestError(RuntimeError):
     """A manifest file the pipeline cannot read; the message names it and how to repair it."""
 
+    def __init__(self, message: str, day: dt.date) -> None:
+        super().__init__(message)
+        self.day = day
+
 
 def landing_dir(query: str, day: Day, version: str | None = None) -> str:
     """Where a raw partition's CSVs land as received: the day's folder, or one version in it."""
@@ -216,6 +220,7 @@ def read_manifests(zone: Zone, folder: str, model: type[Manifest], replacing: Co
             day = dt.datetime.strptime(matched.group(1), "%Y%m%d").date()
             raise ManifestError(
                 f"manifest {location} cannot be read ({type(error).__name__}); "
-                f"re-run partition {day.isoformat()} of this asset to rewrite it"
+                f"re-run partition {day.isoformat()} of this asset to rewrite it",
+                day,
             ) from error
     return manifests

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from alloy_pipeline.cascade import CASCADE_TAG, CAUSE_TAG, build_cascade_sensor
+from alloy_pipeline.lake import REFINED, LakeResource
 from alloy_pipeline.naming import snapshot_key
+from alloy_pipeline.partitions import Day
 from alloy_pipeline_tests.harness import Pipeline
 
 QUERY = "dw_container_job"
@@ -107,3 +110,20 @@ def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixe
     assert [(raw.day.isoformat(), raw.version) for raw in rebuilt_on] == [
         (DAYS[1], jobs.raw_manifest(QUERY, DAYS[1]).version)
     ], "day 2 is built on the re-extracted raw day 2 (a ranged run equals day-by-day runs: test_ranged_rebuild)"
+
+
+def test_a_damaged_manifest_is_reported_on_its_query_and_the_others_go_on(
+    instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
+    damaged = Day.from_key("2024-03-02")
+    lake.refined.write_text(REFINED.manifest_path("graffiti_reports", damaged), '{"query": "graffiti_rep')
+    context = dg.build_sensor_context(instance=instance, resources={"lake": lake})
+    result = build_cascade_sensor(["graffiti_reports", QUERY], enabled=True)(context)
+    assert isinstance(result, dg.SensorResult)
+    [flag] = result.asset_events
+    assert isinstance(flag, dg.AssetCheckEvaluation)
+    assert (flag.asset_key, flag.partition, flag.passed) == (snapshot_key("graffiti_reports"), damaged.key, False)
+    assert "re-run partition 2024-03-02" in flag.metadata["error"].value
+    seen = json.loads(result.cursor or "{}")["seen"]
+    assert QUERY in seen and "graffiti_reports" not in seen, "the damaged query is looked at again next tick"
