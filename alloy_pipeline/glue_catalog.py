@@ -52,6 +52,70 @@ def _storage(location: str, columns: Sequence[tuple[str, str]]) -> dict[str, Any
     }
 
 
+_TABLE_INPUT_KEYS = (
+    "Name",
+    "Description",
+    "Owner",
+    "LastAccessTime",
+    "LastAnalyzedTime",
+    "Retention",
+    "StorageDescriptor",
+    "PartitionKeys",
+    "ViewOriginalText",
+    "ViewExpandedText",
+    "TableType",
+    "Parameters",
+    "TargetTable",
+)
+"""The fields of a table as `get_table` returns it that `update_table` takes back."""
+UPDATE_ATTEMPTS = 5
+
+
+def _with_columns(table: dict[str, Any], columns: list[dict[str, str]]) -> dict[str, Any] | None:
+    """`table` as read, as a TableInput with `columns` it lacks appended; None when it has them all.
+
+    Everything the pipeline does not own (the description, parameters such as partition
+    projection or Lake Formation tags, SerDe settings) is kept as the table holds it.
+    """
+    existing = table["StorageDescriptor"].get("Columns", [])
+    known = {column["Name"].lower() for column in existing}
+    added = [column for column in columns if column["Name"].lower() not in known]
+    if not added:
+        return None
+    table_input = {key: table[key] for key in _TABLE_INPUT_KEYS if key in table}
+    table_input["StorageDescriptor"] = {**table["StorageDescriptor"], "Columns": existing + added}
+    return table_input
+
+
+def _add_columns(
+    client: Any, registration: Registration, columns: list[dict[str, str]], table: dict[str, Any] | None
+) -> None:
+    """Add `columns` the table lacks, from the table as read, guarded by its `VersionId`.
+
+    Two steps adding different columns at once would otherwise each write the table they read,
+    and the second would drop the first's column; Glue refuses a stale `VersionId`, so the loser
+    reads the table again and adds its columns to what is there now. `table` is the table as
+    the caller just read it, if it did.
+    """
+    for attempt in range(UPDATE_ATTEMPTS):
+        if attempt or table is None:
+            table = client.get_table(DatabaseName=registration.database, Name=registration.table)["Table"]
+        table_input = _with_columns(table, columns)
+        if table_input is None:
+            return
+        version = {"VersionId": table["VersionId"]} if "VersionId" in table else {}
+        try:
+            client.update_table(DatabaseName=registration.database, TableInput=table_input, **version)
+            return
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "ConcurrentModificationException":
+                raise
+    raise RuntimeError(
+        f"Glue table {registration.qualified_name}: columns could not be added after {UPDATE_ATTEMPTS} attempts, "
+        "each overtaken by another update; the next run retries"
+    )
+
+
 def register_in_glue(client: Any, registration: Registration) -> None:
     """Create or update the Glue database, the table and the partition, pointed at this version's folder.
 
@@ -63,28 +127,31 @@ def register_in_glue(client: Any, registration: Registration) -> None:
     except ClientError as error:
         if error.response["Error"]["Code"] != "AlreadyExistsException":
             raise
-    table_input = {
-        "Name": registration.table,
-        "TableType": "EXTERNAL_TABLE",
-        "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
-        "PartitionKeys": _glue_columns([(key, "string") for key in registration.partition_keys]),
-        "StorageDescriptor": _storage(for_glue(registration.location), registration.data_columns),
-    }
+    columns = _glue_columns(registration.data_columns)
     try:
-        current = client.get_table(DatabaseName=registration.database, Name=registration.table)["Table"]
+        table = client.get_table(DatabaseName=registration.database, Name=registration.table)["Table"]
     except ClientError as error:
         if error.response["Error"]["Code"] != "EntityNotFoundException":
             raise
-        client.create_table(DatabaseName=registration.database, TableInput=table_input)
+        table = None
+    if table is not None:
+        _add_columns(client, registration, columns, table)
     else:
-        existing = current["StorageDescriptor"]["Columns"]
-        known = {column["Name"].lower() for column in existing}
-        added = [
-            column for column in table_input["StorageDescriptor"]["Columns"] if column["Name"].lower() not in known
-        ]
-        if added:
-            table_input["StorageDescriptor"]["Columns"] = existing + added
-            client.update_table(DatabaseName=registration.database, TableInput=table_input)
+        try:
+            client.create_table(
+                DatabaseName=registration.database,
+                TableInput={
+                    "Name": registration.table,
+                    "TableType": "EXTERNAL_TABLE",
+                    "Parameters": {"classification": "parquet", "EXTERNAL": "TRUE"},
+                    "PartitionKeys": _glue_columns([(key, "string") for key in registration.partition_keys]),
+                    "StorageDescriptor": _storage(for_glue(registration.location), registration.data_columns),
+                },
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "AlreadyExistsException":
+                raise
+            _add_columns(client, registration, columns, None)
     partition_input = {
         "Values": list(registration.partition_values),
         "StorageDescriptor": _storage(for_glue(registration.partition_location), registration.data_columns),
