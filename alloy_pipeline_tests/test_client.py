@@ -272,6 +272,7 @@ def test_an_unsupported_url_fails_at_once_naming_only_the_error_type(caplog: pyt
         {"task_timeout_seconds": 0},
         {"max_retries": -1},
         {"request_timeout_seconds": 0},
+        {"download_timeout_seconds": 0},
         {"max_archive_bytes": 0},
     ],
     ids=lambda setting: "-".join(f"{name}={value}" for name, value in setting.items()),

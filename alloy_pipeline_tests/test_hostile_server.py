@@ -13,6 +13,7 @@ exception or anything chained to it, a file, or Dagster's event log and run stor
 import csv
 import json
 import logging
+import time
 import traceback
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from alloy_pipeline.alloy.client import (
     AlloyTaskError,
     PollPolicy,
     checked_api_url,
+    max_download_bytes,
 )
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault
 from alloy_pipeline.alloy.transport import MAX_RETRY_AFTER_SECONDS
@@ -114,13 +116,23 @@ def test_a_key_that_cannot_be_a_header_is_refused_without_echoing_it(
     [
         Fault("reply", endpoint="task", body="<html>maintenance</html>", content_type="text/html"),
         Fault("failed_task", message="Export too large"),
+        Fault("failed_task", message="proxy saw {authorization}"),
         Fault("zip_bomb"),
         Fault("reset_download", times=10),
         Fault("status", endpoint="export_file", status=500, times=10),
         Fault("disconnect", endpoint="export"),
         Fault("status", endpoint="export", status=400, body='{"echo": "{authorization}"}'),
     ],
-    ids=["html", "failed-task", "zip-bomb", "resets", "http-500", "post-dropped", "proxy-echoes-the-header"],
+    ids=[
+        "html",
+        "failed-task",
+        "failed-task-echoes-the-header",
+        "zip-bomb",
+        "resets",
+        "http-500",
+        "post-dropped",
+        "proxy-echoes-the-header",
+    ],
 )
 def test_the_key_never_appears_when_an_export_fails(
     simulator: AlloySimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: Fault
@@ -154,17 +166,20 @@ def test_the_key_never_reaches_dagsters_event_log_or_run_storage(
     simulator.inject(Fault("reset_download"))
     monkeypatch.setenv("ALLOY_API_KEY", f" {API_KEY}\r\n")
     riding_out = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance)
+    simulator.inject(Fault("failed_task", message="proxy saw {authorization}"))
+    echoed = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance, raise_on_error=False)
     monkeypatch.setenv("ALLOY_API_KEY", f"{API_KEY} {API_KEY}")
     refused = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance, raise_on_error=False)
 
-    assert riding_out.success and not refused.success
+    assert riding_out.success and not echoed.success and not refused.success
     recorded: list[str] = []
-    for result in (riding_out, refused):
+    for result in (riding_out, echoed, refused):
         run = instance.get_run_by_id(result.run_id)
         assert run is not None and run.job_snapshot_id is not None
         recorded += [dg.serialize_value(entry) for entry in instance.all_logs(result.run_id)]
         recorded += [dg.serialize_value(run), dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id))]
     assert any("polling again" in text for text in recorded) and any("header" in text for text in recorded)
+    assert any("ended Failed: proxy saw Bearer [redacted]" in text for text in recorded)
     assert_absent([API_KEY], recorded, tmp_path)
 
 
@@ -222,6 +237,18 @@ def test_unexpected_but_harmless_task_replies_are_polled_through(
     assert len(export.csv_files) == 4
     if task["status"] == "Exporting":
         assert f"Alloy export task {export.task_id}: unknown status 'Exporting'; polling again" in caplog.text
+
+
+def test_a_failed_tasks_echoed_key_is_redacted_from_the_error_and_the_log(
+    simulator: AlloySimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy that echoes the request's header into the task's error must not leak the key."""
+    caplog.set_level(logging.DEBUG)
+    simulator.inject(Fault("failed_task", message="proxy saw {authorization}"))
+    with client(simulator) as alloy, pytest.raises(AlloyTaskError) as raised:
+        alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
+    assert str(raised.value) == f"Alloy export task {raised.value.task_id} ended Failed: proxy saw Bearer [redacted]"
+    assert_absent([API_KEY], [caplog.text, *chained_texts(raised.value)], tmp_path)
 
 
 def test_a_cancelled_task_ends_the_run_naming_the_task(simulator: AlloySimulator, tmp_path: Path) -> None:
@@ -346,6 +373,47 @@ def test_a_download_cut_every_time_fails_naming_the_task(simulator: AlloySimulat
     with client(simulator, max_retries=2) as alloy, pytest.raises(AlloyError, match="interrupted 3 times") as raised:
         alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
     assert f"export task {started_task(simulator)}" in str(raised.value)
+
+
+def test_a_download_dropped_after_its_last_byte_is_complete(
+    simulator: AlloySimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The resume asks for the bytes after the last: the server's 416 says there are none."""
+    simulator.inject(Fault("dropped_after_last_byte"))
+    with client(simulator) as alloy:
+        export = alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
+    assert len(export.csv_files) == 4
+    first, resume = [seen for seen in simulator.requests if seen.path.startswith("/api/file/")]
+    assert "range" not in first.headers and resume.headers["range"] == f"bytes={export.archive_bytes}-"
+    assert caplog.text.count("download interrupted") == 1
+
+
+def test_a_download_that_never_ends_stops_at_the_cap_naming_the_task(simulator: AlloySimulator, tmp_path: Path) -> None:
+    """Extraction's cap comes too late for a server that streams without end: the download has its own."""
+    simulator.inject(Fault("endless_download"))
+    with client(simulator) as alloy, pytest.raises(AlloyError) as raised:
+        alloy.export(REQUEST, tmp_path, max_archive_bytes=1000)
+    message = str(raised.value)
+    assert f"(export task {started_task(simulator)}): download passed {max_download_bytes(1000):,} bytes" in message
+    assert "raise max_archive_bytes" in message
+    assert list(tmp_path.iterdir()) == [], "the refused zip is removed"
+
+
+@pytest.mark.parametrize("pause", [0.05, 5.0], ids=["trickling", "stalled"])
+def test_a_download_past_its_deadline_fails_naming_the_task(
+    simulator: AlloySimulator, tmp_path: Path, pause: float
+) -> None:
+    """Each piece arrives well within the read timeout; the whole download still has a deadline,
+    and no read waits past it."""
+    simulator.inject(Fault("slow_download", seconds=pause))
+    started = time.monotonic()
+    with client(simulator, download_timeout_seconds=0.3) as alloy, pytest.raises(AlloyError) as raised:
+        alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
+    assert time.monotonic() - started < 1.5
+    message = str(raised.value)
+    assert f"(export task {started_task(simulator)}): download not finished after" in message
+    assert "raise download_timeout_seconds" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_zip_bomb_is_refused_naming_the_task(simulator: AlloySimulator, tmp_path: Path) -> None:

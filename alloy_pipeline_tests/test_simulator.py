@@ -6,6 +6,7 @@ import copy
 import csv
 import io
 import json
+import math
 import tempfile
 import threading
 import time
@@ -863,6 +864,12 @@ def test_disconnect_closes_without_a_response(sim: AlloySimulator, client: httpx
     assert zipfile.is_zipfile(io.BytesIO(client.get(f"/api/file/{file_id}").content))
 
 
+def test_a_failed_tasks_message_may_echo_the_request_header(sim: AlloySimulator, client: httpx.Client) -> None:
+    """As a proxy in front of Alloy might: the client must redact it."""
+    sim.inject(Fault("failed_task", message="proxy saw {authorization}"))
+    assert finish(client, start(client, example("Gully Inspections")))["error"] == f"proxy saw Bearer {API_KEY}"
+
+
 @pytest.mark.parametrize(("kind", "status"), [("failed_task", "Failed"), ("deleted_task", "Deleted")])
 def test_task_fault_ends_the_next_task(sim: AlloySimulator, client: httpx.Client, kind: str, status: str) -> None:
     sim.inject(Fault(kind, message="Export timed out"))  # type: ignore[arg-type]
@@ -900,8 +907,62 @@ def test_file_endpoint_resumes_from_a_range(sim: AlloySimulator, client: httpx.C
     assert rest.status_code == 206
     assert rest.headers["content-range"] == f"bytes 100-{len(whole) - 1}/{len(whole)}"
     assert rest.content == whole[100:]
-    beyond = client.get(f"/api/file/{file_id}", headers={"Range": f"bytes={len(whole)}-"})
-    assert (beyond.status_code, beyond.content) == (200, whole)
+    for start in (len(whole), len(whole) + 10):  # as real servers answer a range from the end or past it
+        beyond = client.get(f"/api/file/{file_id}", headers={"Range": f"bytes={start}-"})
+        assert (beyond.status_code, beyond.headers["content-range"]) == (416, f"bytes */{len(whole)}")
+
+
+def file_of(client: httpx.Client, task_id: str) -> str:
+    return str(client.get(f"/api/export/{task_id}/file").json()["fileItemId"])
+
+
+def test_dropped_after_last_byte_sends_every_byte_then_breaks_the_body(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
+    task_id = completed(client, example("Gully Inspections"))
+    whole = download(client, task_id)
+    sim.inject(Fault("dropped_after_last_byte"))
+    received = bytearray()
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("GET", f"/api/file/{file_of(client, task_id)}") as response,
+    ):
+        for chunk in response.iter_bytes():
+            received += chunk
+    assert bytes(received) == whole
+    resumed = client.get(f"/api/file/{file_of(client, task_id)}", headers={"Range": f"bytes={len(whole)}-"})
+    assert resumed.status_code == 416
+    assert download(client, task_id) == whole
+
+
+def test_slow_download_trickles_the_file_in_small_pieces(sim: AlloySimulator, client: httpx.Client) -> None:
+    task_id = completed(client, example("Gully Inspections"))
+    whole = download(client, task_id)
+    sim.inject(Fault("slow_download", seconds=0.05))
+    started = time.monotonic()
+    with client.stream("GET", f"/api/file/{file_of(client, task_id)}") as response:
+        pieces = list(response.iter_raw())
+    pauses = math.ceil(len(whole) / 1024) - 1
+    assert pauses >= 3 and time.monotonic() - started >= pauses * 0.05
+    assert b"".join(pieces) == whole and max(map(len, pieces)) <= 1024
+    assert download(client, task_id) == whole
+
+
+def test_endless_download_streams_zeros_after_the_file_until_the_client_hangs_up(
+    sim: AlloySimulator, client: httpx.Client
+) -> None:
+    task_id = completed(client, example("Gully Inspections"))
+    whole = download(client, task_id)
+    sim.inject(Fault("endless_download"))
+    received = bytearray()
+    with client.stream("GET", f"/api/file/{file_of(client, task_id)}") as response:
+        assert "content-length" not in response.headers
+        for chunk in response.iter_bytes():
+            received += chunk
+            if len(received) > 4 * len(whole):
+                break
+    assert received.startswith(whole) and not any(received[len(whole) :])
+    assert download(client, task_id) == whole
 
 
 @pytest.mark.parametrize(
@@ -966,6 +1027,8 @@ def test_faults_are_validated() -> None:
         Fault("status", status=200)
     with pytest.raises(ValueError):
         Fault("slow_task", seconds=0)
+    with pytest.raises(ValueError, match="slow_download"):
+        Fault("slow_download", seconds=-1)
     with pytest.raises(ValueError):
         Fault("disconnect", times=0)
 

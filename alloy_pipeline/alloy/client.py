@@ -7,7 +7,10 @@ carries it. The resource's repr hides the key too.
 
 Everything the server sends is checked before use: ids must look like ids before they go into a
 path, replies must decode into the documented shape (else `AlloyReplyError`, naming the endpoint
-and the task), and local file names never come from the server.
+and the task), and local file names never come from the server. Text the server writes (an error
+body, a task's status and error) has the key taken out before it reaches an exception or a log, in
+case a proxy echoes the request's header. A download has a cap on its bytes and a deadline, so a
+server cannot fill the disk or keep a run waiting by trickling bytes under the read timeout.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ IN_PROGRESS_STATUSES = frozenset({"Queued", "Running"})
 FAILED_STATUSES = frozenset({"Failed", "Deleted", "Cancelled"})
 MAX_RETRIES = 5
 REQUEST_TIMEOUT_SECONDS = 60.0
+DOWNLOAD_TIMEOUT_SECONDS = 2 * 3600.0
+"""The whole download of one export's zip, resumes included: a 10 GiB zip (`max_archive_bytes`) at 1.5 MB/s.
+The benchmark's 3M-item export downloads in 10 s on loopback."""
+DOWNLOAD_SLACK_BYTES = 1 << 20
+"""What a zip's headers add to its members' bytes: about 150 bytes and twice the name per member, so
+1 MiB covers `archive.MAX_MEMBERS` members with names of 400 characters."""
 ARCHIVE_NAME = "export.zip"
 API_URL_VARIABLE = "ALLOY_API_URL"
 DEFAULT_API_URL = "https://api.uk.alloyapp.io"
@@ -134,10 +143,23 @@ def _status_failure(where: str, response: httpx.Response) -> AlloyError | None:
     return kind(f"Alloy {where}: HTTP {response.status_code}: {_without_credentials(response)[:500]}")
 
 
+def _redacted(text: str, authorization: str) -> str:
+    """`text` with the key of `authorization` (`Bearer <key>`) taken out, should the server or a proxy echo it."""
+    key = authorization.removeprefix("Bearer ").strip()
+    return text.replace(key, "[redacted]") if key else text
+
+
 def _without_credentials(response: httpx.Response) -> str:
-    """The reply's text, with the request's key taken out should the server or a proxy echo it."""
-    key = response.request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    return response.text.replace(key, "[redacted]") if key else response.text
+    """The reply's text, with the request's key taken out."""
+    return _redacted(response.text, response.request.headers.get("Authorization", ""))
+
+
+def max_download_bytes(max_archive_bytes: int) -> int:
+    """The most an export's zip may be while it downloads: an archive is never much larger than what it
+    extracts to (stored members are copied, deflate grows incompressible data by under 0.01 %), so
+    `max_archive_bytes` plus 1 % and `DOWNLOAD_SLACK_BYTES` for the headers. Checked as bytes arrive: extraction's cap
+    comes only once the whole zip is on disk, too late for a server that streams without end."""
+    return max_archive_bytes + max_archive_bytes // 100 + DOWNLOAD_SLACK_BYTES
 
 
 def _decode(model: type[_M], response: httpx.Response, where: str) -> _M:
@@ -175,6 +197,39 @@ class PollPolicy:
 
 
 @dataclass(frozen=True)
+class _DownloadLimits:
+    """The byte cap and the deadline of one download, checked as its bytes arrive and between attempts.
+
+    The request timeout bounds each read only: a server that sends a byte a minute, or resumes
+    forever, would never trip it.
+    """
+
+    where: str
+    max_archive_bytes: int
+    timeout_seconds: float
+    started: float
+
+    def remaining(self) -> float:
+        return self.timeout_seconds - (time.monotonic() - self.started)
+
+    def check(self, size: int) -> None:
+        """Raise, naming the task and the setting to raise, once `size` bytes or the time are too many."""
+        cap = max_download_bytes(self.max_archive_bytes)
+        if size > cap:
+            raise AlloyError(
+                f"Alloy {self.where}: download passed {cap:,} bytes, the most a zip that extracts to "
+                f"max_archive_bytes ({self.max_archive_bytes:,}) can be; raise max_archive_bytes if this "
+                "export is expected"
+            )
+        if self.remaining() <= 0:
+            raise AlloyError(
+                f"Alloy {self.where}: download not finished after {time.monotonic() - self.started:.1f} s "
+                f"with {size:,} bytes (download_timeout_seconds {self.timeout_seconds:g}); raise "
+                "download_timeout_seconds if this export is expected"
+            )
+
+
+@dataclass(frozen=True)
 class Export:
     """What one export produced: the task, when it was asked for, and the CSVs on local disk."""
 
@@ -197,6 +252,7 @@ class AlloyClient:
         poll: PollPolicy = PollPolicy(),
         max_retries: int = MAX_RETRIES,
         request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+        download_timeout_seconds: float = DOWNLOAD_TIMEOUT_SECONDS,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -205,6 +261,8 @@ class AlloyClient:
         self._poll = poll
         self._sleep = sleep
         self._max_retries = max_retries
+        self._request_timeout = request_timeout_seconds
+        self._download_timeout = download_timeout_seconds
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": authorization, "Accept": "application/json"},
@@ -242,7 +300,14 @@ class AlloyClient:
         return self._json(_ExportStarted, "POST", "/api/export", json=request.to_body()).background_task_id
 
     def task(self, task_id: str) -> _Task:
-        return self._json(_TaskEnvelope, "GET", f"/api/task/{_segment(task_id)}", task_id).task
+        """The task as Alloy reports it, its texts redacted: they reach log lines and `AlloyTaskError`."""
+        task = self._json(_TaskEnvelope, "GET", f"/api/task/{_segment(task_id)}", task_id).task
+        return task.model_copy(
+            update={"status": self._redacted(task.status), "error": task.error and self._redacted(task.error)}
+        )
+
+    def _redacted(self, text: str) -> str:
+        return _redacted(text, self._http.headers.get("Authorization", ""))
 
     def wait_for(self, task_id: str) -> None:
         """Poll the task with growing delays until it completes; raise if it fails or times out.
@@ -280,20 +345,23 @@ class AlloyClient:
             self._logger.warning("Alloy export task %s: unknown status %r; polling again", task_id, task.status)
         return task.status
 
-    def download(self, task_id: str, target: Path) -> int:
+    def download(self, task_id: str, target: Path, *, max_archive_bytes: int) -> int:
         """Stream the export's zip to `target` in constant memory; return its size in bytes.
 
         A transfer cut short by the network is resumed with `Range` (restarted if the server
-        ignores it), up to `max_retries` times.
+        ignores it), up to `max_retries` times. The whole download, resumes included, must end
+        within `download_timeout_seconds` and write at most `max_download_bytes(max_archive_bytes)`.
         """
         export_file = self._json(_ExportFile, "GET", f"/api/export/{_segment(task_id)}/file", task_id)
         path = f"/api/file/{_segment(export_file.file_item_id)}"
         where = _where("GET", path, task_id)
+        limits = _DownloadLimits(where, max_archive_bytes, self._download_timeout, time.monotonic())
         target.write_bytes(b"")
         for attempt in range(1, self._max_retries + 2):
-            interruption = self._fetch(path, target, where)
+            interruption = self._fetch(path, target, limits)
             if interruption is None:
                 break
+            limits.check(target.stat().st_size)  # a read cut short by the deadline is the deadline's error
             self._logger.warning(
                 "Alloy %s: download interrupted (%s) at %d bytes; attempt %d of %d",
                 where,
@@ -308,17 +376,21 @@ class AlloyClient:
             raise ArchiveError(f"Alloy export task {task_id}: downloaded file is not a zip archive")
         return target.stat().st_size
 
-    def _fetch(self, path: str, target: Path, where: str) -> str | None:
-        """Fetch what `target` still lacks; None once it is whole, else the error that cut it short."""
+    def _fetch(self, path: str, target: Path, limits: _DownloadLimits) -> str | None:
+        """Fetch what `target` still lacks; None once it is whole, else the error that cut it short.
+
+        No read waits past the deadline: the request timeout is shortened to the time left.
+        """
         have = target.stat().st_size
         headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+        timeout = httpx.Timeout(max(0.001, min(self._request_timeout, limits.remaining())))
         try:
-            with self._http.stream("GET", path, headers=headers) as response:
-                _save(response, target, have, where)
+            with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
+                _save(response, target, have, limits)
         except RETRYABLE_ERRORS as error:
             return type(error).__name__
         except httpx.TransportError as error:
-            failure = _transport_failure(where, error)
+            failure = _transport_failure(limits.where, error)
         else:
             return None
         raise failure
@@ -332,11 +404,12 @@ class AlloyClient:
         self.wait_for(task_id)
         downloading = time.monotonic()
         archive = workdir / ARCHIVE_NAME
-        size = self.download(task_id, archive)
-        try:
-            csvs = extract_csvs(archive, workdir / CSV_FOLDER, max_uncompressed_bytes=max_archive_bytes)
-        except ArchiveError as error:
-            raise ArchiveError(f"Alloy export task {task_id}: {error}") from None
+        try:  # the zip goes whatever happens: a refused download may be as large as the cap
+            size = self.download(task_id, archive, max_archive_bytes=max_archive_bytes)
+            try:
+                csvs = extract_csvs(archive, workdir / CSV_FOLDER, max_uncompressed_bytes=max_archive_bytes)
+            except ArchiveError as error:
+                raise ArchiveError(f"Alloy export task {task_id}: {error}") from None
         finally:
             archive.unlink(missing_ok=True)
         return Export(
@@ -349,16 +422,29 @@ class AlloyClient:
         )
 
 
-def _save(response: httpx.Response, target: Path, have: int, where: str) -> None:
-    """Write a file download to `target`: appended after its `have` bytes if the server resumed."""
-    failure = _status_failure(where, response)
+def _save(response: httpx.Response, target: Path, have: int, limits: _DownloadLimits) -> None:
+    """Write a file download to `target`: appended after its `have` bytes if the server resumed.
+
+    A 416 to a resume from the file's full size (`Content-Range: bytes */<have>`) means the
+    connection dropped after the last byte: the file is whole (the zip check after the download
+    still validates it).
+    """
+    content_range = response.headers.get("Content-Range", "")
+    if have and response.status_code == 416 and content_range == f"bytes */{have}":
+        return
+    failure = _status_failure(limits.where, response)
     if failure is not None:
         raise failure
-    resumed = response.status_code == 206 and response.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+    resumed = response.status_code == 206 and content_range.startswith(f"bytes {have}-")
     if response.status_code != 200 and not resumed:
-        raise AlloyReplyError(f"Alloy {where}: unexpected HTTP {response.status_code} to a request from byte {have}")
+        raise AlloyReplyError(
+            f"Alloy {limits.where}: unexpected HTTP {response.status_code} to a request from byte {have}"
+        )
+    size = have if resumed else 0
     with target.open("ab" if resumed else "wb") as sink:
         for chunk in response.iter_bytes():  # as received: what arrived before a reset is kept
+            size += len(chunk)
+            limits.check(size)
             sink.write(chunk)
 
 
@@ -457,14 +543,23 @@ class AlloyResource(dg.ConfigurableResource):
         ),
     )
     request_timeout_seconds: float = Field(
-        default=REQUEST_TIMEOUT_SECONDS, gt=0, description="Timeout of one HTTP request."
+        default=REQUEST_TIMEOUT_SECONDS, gt=0, description="Timeout of one HTTP request (each read of a download)."
+    )
+    download_timeout_seconds: float = Field(
+        default=DOWNLOAD_TIMEOUT_SECONDS,
+        gt=0,
+        description=(
+            "Give up on downloading an export's zip after this long, resumes included (default 2 h): "
+            "the request timeout bounds each read only, so a server trickling bytes would never trip it."
+        ),
     )
     max_archive_bytes: int = Field(
         default=10 * 1024**3,
         gt=0,
         description=(
             "Refuse archives that would extract to more than this (default 10 GiB, several times the "
-            "largest benchmarked export; the zip and its CSVs sit on the worker's local disk)."
+            "largest benchmarked export; the zip and its CSVs sit on the worker's local disk). A download "
+            "stops once it passes this plus 1 % and 1 MiB, the most such a zip can be."
         ),
     )
 
@@ -492,6 +587,7 @@ class AlloyResource(dg.ConfigurableResource):
             poll=poll,
             max_retries=self.max_retries,
             request_timeout_seconds=self.request_timeout_seconds,
+            download_timeout_seconds=self.download_timeout_seconds,
             logger=logger,
         ) as client:
             return client.export(request, workdir, max_archive_bytes=self.max_archive_bytes)

@@ -44,6 +44,9 @@ FaultKind = Literal[
     "reply",
     "truncated_download",
     "reset_download",
+    "dropped_after_last_byte",
+    "slow_download",
+    "endless_download",
     "failed_task",
     "deleted_task",
     "corrupt_zip",
@@ -52,7 +55,15 @@ FaultKind = Literal[
 ]
 Endpoint = Literal["export", "task", "export_file", "file", "any"]
 _REQUEST_FAULTS = ("status", "disconnect", "reply")
-_DOWNLOAD_FAULTS = ("truncated_download", "reset_download")
+_DOWNLOAD_FAULTS = (
+    "truncated_download",
+    "reset_download",
+    "dropped_after_last_byte",
+    "slow_download",
+    "endless_download",
+)
+_HALF_DOWNLOAD_FAULTS = ("truncated_download", "reset_download")
+_CHUNKED_DOWNLOAD_FAULTS = ("dropped_after_last_byte", "endless_download")
 _ARCHIVE_FAULTS = ("corrupt_zip", "zip_bomb")
 
 
@@ -68,7 +79,15 @@ class Fault:
       they asked (a bad id, an unknown task status, an HTML page from a proxy).
     - `truncated_download` / `reset_download`: the next downloads of a file stop halfway, the
       connection closed / reset (the `Content-Length` announced the whole file).
-    - `failed_task` / `deleted_task`: the next exports' tasks end Failed (with `message`) / Deleted.
+    - `dropped_after_last_byte`: the next downloads of a file send all of it, chunked, then close
+      the connection before the chunked body's end: the client has every byte but an error, and
+      its resume from the full size gets 416, as from any range that starts at or past the end.
+    - `slow_download`: the next downloads of a file trickle it in 1 KiB pieces, `seconds` apart
+      (every piece arrives well within a read timeout).
+    - `endless_download`: the next downloads of a file send it, chunked, then zeros without end,
+      until the client hangs up or the simulator stops.
+    - `failed_task` / `deleted_task`: the next exports' tasks end Failed (with `message`, where
+      `{authorization}` stands for the polling request's own header, as in `status` bodies) / Deleted.
     - `corrupt_zip`: the next exports' file endpoint serves a truncated zip.
     - `zip_bomb`: the next exports' file is a small zip that expands a thousandfold, to zeros.
     - `slow_task`: the next exports' tasks take `seconds`.
@@ -90,8 +109,8 @@ class Fault:
             raise ValueError("a fault applies at least once")
         if self.kind == "status" and not 400 <= self.status <= 599:
             raise ValueError("a status fault needs a 4xx or 5xx status")
-        if self.kind == "slow_task" and self.seconds <= 0:
-            raise ValueError("a slow task takes more than 0 seconds")
+        if self.kind in ("slow_task", "slow_download") and self.seconds <= 0:
+            raise ValueError(f"a {self.kind} fault takes more than 0 seconds")
 
 
 @dataclass
@@ -194,7 +213,7 @@ class _Reply:
     file: Path | None = None
     offset: int = 0
     length: int = 0
-    cut: FaultKind | None = None  # one of _DOWNLOAD_FAULTS: send half of `length`, then close or reset
+    download: Fault | None = None  # one of _DOWNLOAD_FAULTS, applied to sending `file`
     disconnect: bool = False
 
 
@@ -205,6 +224,7 @@ _ROUTES: tuple[tuple[Endpoint, str, re.Pattern[str]], ...] = (
     ("file", "GET", re.compile(r"/api/file/([^/]+)")),
 )
 _CHUNK = 64 * 1024
+_SLOW_PIECE = 1024
 _RANGE = re.compile(r"bytes=(\d+)-")
 _SHUTDOWN_POLL_SECONDS = 0.01  # how soon stop() returns; tests start and stop a server each
 
@@ -240,7 +260,8 @@ def _seconds_header(seconds: float) -> str:
 class AlloySimulator:
     """Alloy's export API on loopback: `/api/export`, `/api/task/{id}`, `/api/export/{id}/file`
     and `/api/file/{id}`, with Bearer auth, rate-limit headers and scripted faults. The file
-    endpoint honours `Range: bytes=<start>-`, so an interrupted download can resume.
+    endpoint honours `Range: bytes=<start>-`, so an interrupted download can resume, and answers
+    416 (`Content-Range: bytes */<size>`) to a range that starts at or past the end, as real servers do.
 
     `POST /api/export` answers at once, as Alloy does: it snapshots the data, and a background
     thread streams the export into a temporary zip (so a million rows never sit in memory). The
@@ -297,6 +318,7 @@ class AlloySimulator:
         """Stop serving, cancel the exports still being built, and delete every zip."""
         if self._server is None:
             return
+        self._server.stopping.set()
         self._server.shutdown()
         self._server.server_close()
         assert self._thread is not None
@@ -378,7 +400,7 @@ class AlloySimulator:
             return self._start_export(body)
         assert argument is not None
         if endpoint == "task":
-            return self._task_status(argument)
+            return self._task_status(argument, headers.get("authorization", ""))
         if endpoint == "export_file":
             return self._export_file(argument)
         return self._file(argument, headers.get("range"))
@@ -420,7 +442,7 @@ class AlloySimulator:
             self._files[task.file_id] = task
         return _Reply(200, {"backgroundTaskId": task_id})
 
-    def _task_status(self, task_id: str) -> _Reply:
+    def _task_status(self, task_id: str, authorization: str) -> _Reply:
         with self._lock:
             task = self._tasks.get(task_id)
         if task is None:
@@ -432,7 +454,7 @@ class AlloySimulator:
             "processState": {"processed": processed, "total": total},
         }
         if error:
-            state["error"] = error
+            state["error"] = error.replace("{authorization}", authorization)
         return _Reply(200, {"task": state})
 
     def _export_file(self, task_id: str) -> _Reply:
@@ -452,17 +474,26 @@ class AlloySimulator:
             return _error(404, "NotFound", f"no file {file_id}")
         if not task.built.is_set() or task.build_error:
             return _error(409, "TaskNotComplete", f"the file of task {task.id} is not written")
-        with self._lock:
-            cut = _kind(self._take_fault(_DOWNLOAD_FAULTS, "file"))
         size = task.archive.stat().st_size
         length = size // 2 if task.archive_fault == "corrupt_zip" else size
         asked = _RANGE.fullmatch(range_header or "")
-        start = int(asked.group(1)) if asked and int(asked.group(1)) < length else 0
+        start = int(asked.group(1)) if asked else 0
+        if start >= length > 0:  # as real servers answer a range that starts at or past the end
+            return _error(
+                416, "RangeNotSatisfiable", f"the file has {length} bytes", {"Content-Range": f"bytes */{length}"}
+            )
+        with self._lock:
+            download = self._take_fault(_DOWNLOAD_FAULTS, "file")
         headers = {"Content-Type": "application/zip", "Accept-Ranges": "bytes"}
         if start:
             headers["Content-Range"] = f"bytes {start}-{length - 1}/{length}"
         return _Reply(
-            206 if start else 200, headers=headers, file=task.archive, offset=start, length=length - start, cut=cut
+            206 if start else 200,
+            headers=headers,
+            file=task.archive,
+            offset=start,
+            length=length - start,
+            download=download,
         )
 
     def _take_fault(self, kinds: Sequence[str], endpoint: str | None = None) -> Fault | None:
@@ -514,6 +545,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], simulator: AlloySimulator) -> None:
         super().__init__(address, _Handler)
         self.simulator = simulator
+        self.stopping = threading.Event()  # ends endless downloads
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -540,36 +572,54 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.disconnect:
             self.close_connection = True
             return
+        fault = _kind(reply.download)
         try:
-            self._send(reply)
+            if reply.file is None:
+                self._send(reply)
+            else:
+                self._send_file(reply)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        if reply.cut == "reset_download":
+        if fault == "reset_download":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()  # with a zero linger: a TCP reset, not an orderly close
-        if reply.cut:
+        if fault is not None:
             self.close_connection = True
 
-    def _send(self, reply: _Reply) -> None:
-        if reply.content is not None:
-            content = reply.content
-        else:
-            content = b"" if reply.file else json.dumps(reply.payload or {}).encode()
-        headers = {"Content-Type": "application/json; charset=utf-8", **reply.headers}
-        self.send_response(reply.status)
-        for name, value in headers.items():
+    def _send_head(self, status: int, headers: Mapping[str, str]) -> None:
+        self.send_response(status)
+        for name, value in {"Content-Type": "application/json; charset=utf-8", **headers}.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(reply.length if reply.file else len(content)))
         self.end_headers()
-        if reply.file is None:
-            self.wfile.write(content)
-            return
+
+    def _send(self, reply: _Reply) -> None:
+        content = reply.content if reply.content is not None else json.dumps(reply.payload or {}).encode()
+        self._send_head(reply.status, {**reply.headers, "Content-Length": str(len(content))})
+        self.wfile.write(content)
+
+    def _send_file(self, reply: _Reply) -> None:
+        """Send `length` bytes of `file` from `offset`, as its download fault, if any, dictates."""
+        assert reply.file is not None
+        kind = _kind(reply.download)
+        pause = reply.download.seconds if reply.download and kind == "slow_download" else 0.0
+        chunked = kind in _CHUNKED_DOWNLOAD_FAULTS  # and never terminated: see the Fault docstring
+        framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(reply.length)}
+        self._send_head(reply.status, {**reply.headers, **framing})
+        write = self._write_chunk if chunked else self.wfile.write
+        piece = _SLOW_PIECE if pause else _CHUNK
         with reply.file.open("rb") as source:
             source.seek(reply.offset)
-            left = reply.length // 2 if reply.cut else reply.length
-            while left and (chunk := source.read(min(_CHUNK, left))):
-                self.wfile.write(chunk)
+            left = reply.length // 2 if kind in _HALF_DOWNLOAD_FAULTS else reply.length
+            while left and (chunk := source.read(min(piece, left))):
+                if pause and left < reply.length:
+                    time.sleep(pause)
+                write(chunk)
                 left -= len(chunk)
+        while kind == "endless_download" and not self.server.stopping.is_set():
+            write(bytes(_CHUNK))
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
