@@ -2,6 +2,7 @@
 
 import csv
 import datetime as dt
+import json
 from pathlib import Path
 
 import boto3
@@ -233,3 +234,19 @@ def test_rerunning_an_old_day_asks_only_for_edits_up_to_its_own_extract(pipeline
     latest = pipeline.raw_manifest(query, "2024-03-03")
     assert latest is not None and latest.extracted_until is None, "the latest day asks for everything up to now"
     assert extracted("2024-03-03") == {kept, on_day_three, again, today}, "from day 2's bound, less the overlap"
+
+
+def test_a_csv_whose_name_holds_glob_characters_is_converted(pipeline: Pipeline) -> None:
+    """Spark globs the paths it reads: `[2024]` would match one character of `2024`, and no file."""
+    pipeline.keep_only("Gully Inspections")
+    aqs_file = pipeline.aqs_dir / "Gully Inspections.json"
+    request = json.loads(aqs_file.read_text())
+    request["fileName"] = "Gully Inspections [2024] {north}.csv"
+    aqs_file.write_text(json.dumps(request))
+    pipeline.run("2024-03-01", group="alloy_raw")
+    manifest = pipeline.raw_manifest("gully_inspections", "2024-03-01")
+    assert manifest is not None
+    [(table, entry)] = manifest.tables.items()
+    assert entry.source_file == "Gully Inspections [2024] {north}.csv"
+    assert entry.rows == pipeline.simulator.dataset.count("designs_gullyInspection") > 0
+    assert pipeline.raw_table("gully_inspections", table, "2024-03-01").count() == entry.rows

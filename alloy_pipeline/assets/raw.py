@@ -5,6 +5,7 @@ columns, and is published as a new version of the day (`publication.py`).
 """
 
 import datetime as dt
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -109,6 +110,16 @@ def _tables_by_slug(query: AqsQuery, export: Export) -> dict[str, Path]:
     return tables
 
 
+_GLOB_CHARACTERS = re.compile(r"([\\\[\]{}*?])")
+
+
+def glob_literal(uri: str) -> str:
+    """`uri` with Hadoop's glob characters escaped: Spark globs every path it reads, so a CSV named
+    `Job [2024].csv` would match `Job 2.csv`, or nothing (Spark Connect ignores the option that
+    turns globbing off)."""
+    return _GLOB_CHARACTERS.sub(r"\\\1", uri)
+
+
 def _text_columns(count: int) -> StructType:
     """`count` string columns, named by position: the header is read in Python (`read_header`),
     so Spark need not run a job to read it, and a row of another width fails the read."""
@@ -133,7 +144,7 @@ def _convert_table(
     try:
         names = name_columns(read_header(csv_file))
         frame = spark.read.csv(
-            zone.uri_of(landed),
+            glob_literal(zone.uri_of(landed)),
             schema=_text_columns(len(names.columns)),
             header=True,
             multiLine=True,
