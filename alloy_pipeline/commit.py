@@ -2,15 +2,20 @@
 
 A run that replaces day D of a query:
 
-1. reads D's manifest when it begins, and writes its tables under a staging folder of its own,
+1. reads D's manifest when it begins, with what identifies that version of it (its ETag on S3,
+   a digest of its bytes locally), and writes its tables under a staging folder of its own,
    outside every table root;
 2. checks that D's manifest is still the one it read (another run may have committed D
-   meanwhile: then this run stops with `ConcurrentCommitError` and commits nothing);
+   meanwhile: then this run removes its staging and stops with `ConcurrentCommitError`, having
+   committed nothing);
 3. records what it is about to do in a pending record: the folders it will create and the
    folders of the version it replaces;
 4. moves the staged tables into new version folders under D's Hive folders, beside the old
    version, which nothing touches;
-5. replaces D's manifest in one write: from here the new version is the committed one;
+5. replaces D's manifest in one write, conditional on its still being the version read in 1
+   (`Zone.write_text_if`): from here the new version is the committed one. Of two runs that
+   passed the checks together, only one write succeeds; the other run removes its new folders,
+   its pending record and its staging, and stops with `ConcurrentCommitError`;
 6. (the caller) points the catalog's partition at the new folders;
 7. deletes the old version, the staging folder and the pending record.
 
@@ -28,12 +33,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from pydantic import BaseModel, ConfigDict
 
 from alloy_pipeline.lake import PENDING, STAGING
 from alloy_pipeline.partitions import Day
-from alloy_pipeline.zone import Zone, new_version, version_time
+from alloy_pipeline.zone import Revision, Zone, new_version, version_time
 
 
 class ConcurrentCommitError(RuntimeError):
@@ -88,13 +94,14 @@ class PartitionCommit:
     run_id: str
     manifest_path: str
     version: str
-    read: str | None
-    """The manifest's text when this run began; None when the day had none."""
+    read: Revision | None
+    """The manifest as this run found it when it began (None when the day had none): the version
+    this run replaces, on which its manifest write is conditional."""
     _pending: PendingCommit | None = field(default=None, init=False)
 
     @classmethod
     def begin(cls, zone: Zone, query: str, day: Day, run_id: str, manifest_path: str) -> PartitionCommit:
-        commit = cls(zone, query, day, run_id, manifest_path, new_version(), zone.read_text_if_exists(manifest_path))
+        commit = cls(zone, query, day, run_id, manifest_path, new_version(), zone.read_revision(manifest_path))
         owner = StagingOwner(run_id=run_id, started_at=dt.datetime.now(dt.UTC))
         zone.write_text(_owner_path(query, commit.version), owner.model_dump_json())
         return commit
@@ -104,15 +111,34 @@ class PartitionCommit:
         return f"{STAGING}/{self.query}/{self.version}"
 
     def _require_unchanged(self) -> None:
-        if self.zone.read_text_if_exists(self.manifest_path) != self.read:
-            raise ConcurrentCommitError(
-                f"query {self.query}, partition {self.day.key}: another run committed this partition while "
-                f"this run ({self.run_id}) was building it; this run committed nothing, and the other run's "
-                "version stands. Allow one run per partition (see docs/production.md)."
-            )
+        """Withdraw if the day's manifest is no longer the version this run read."""
+        if self.zone.read_revision(self.manifest_path) != self.read:
+            self._withdraw()
+
+    def _withdraw(self) -> NoReturn:
+        """Remove everything of this run's commit and stop: another run committed the day.
+
+        Only this run's own version is touched (its staging, the new folders named after it and its
+        pending record, which goes last, so a crash half-way leaves it for `recover`); the version it
+        meant to replace belongs to the winner's commit now, which retires it.
+        """
+        if self._pending is None:
+            self.abandon()
+        else:
+            _retire(self.zone, self._pending, keep=frozenset(self._pending.old_dirs))
+        raise ConcurrentCommitError(
+            f"query {self.query}, partition {self.day.key}: another run committed this partition while "
+            f"this run ({self.run_id}) was building it; this run committed nothing and removed what it had "
+            "written, and the other run's version stands. Allow one run per partition (see docs/production.md)."
+        )
 
     def apply(self, manifest_json: str, moves: Mapping[str, str], old_dirs: Iterable[str]) -> None:
-        """Steps 2 to 5: after this returns, the new version is committed."""
+        """Steps 2 to 5: after this returns, the new version is committed.
+
+        The check before the moves spares a run that has already lost the moves; the check after
+        them stops most losers with a read. Neither makes check-and-write one step, which is why the
+        manifest write itself is conditional: two runs may pass the last check together.
+        """
         self._require_unchanged()
         new_dirs = tuple(moves.values())
         self._pending = PendingCommit(
@@ -130,7 +156,8 @@ class PartitionCommit:
         for source, target in moves.items():
             self.zone.move_dir(source, target)
         self._require_unchanged()
-        self.zone.write_text(self.manifest_path, manifest_json)
+        if not self.zone.write_text_if(self.manifest_path, manifest_json, self.read):
+            self._withdraw()
 
     def finish(self) -> None:
         """Step 7, once the catalog points at the new version."""

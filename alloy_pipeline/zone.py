@@ -4,12 +4,18 @@ and the version folders that hold each materialisation of a partition."""
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import hashlib
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
+import boto3
 import pyarrow.fs as pafs
+from botocore.exceptions import ClientError
 
 from alloy_pipeline.s3_uri import S3Uri
 
@@ -33,6 +39,40 @@ def version_time(version: str) -> dt.datetime | None:
         )
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One version of a small file as it was read: its text, and the tag a conditional write compares.
+
+    On S3 the tag is the object's ETag; on a local disk, a SHA-256 of the file's bytes. Either way
+    it changes whenever the file's content does, and it was read together with the text, so it
+    names the version whose text this is, whatever was written since.
+    """
+
+    text: str
+    tag: str
+
+
+_MISSING = frozenset({"NoSuchKey", "404"})
+_IN_FLIGHT = frozenset({"ConditionalRequestConflict", "409"})
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "412"}) | _MISSING | _IN_FLIGHT
+"""S3's answers to a conditional PUT whose condition does not hold: the object's ETag is not the
+expected one (412), the object expected is gone (404, for If-Match), or another conditional
+write of the key is in flight (409)."""
+_IN_FLIGHT_ATTEMPTS = 3
+"""How often a conditional PUT is sent while S3 answers 409, as S3 asks: the write in flight may
+yet fail, and then this one can succeed."""
+
+
+def _already_written(current: Revision | None, text: str) -> bool:
+    """Whether a conditional write that found the file changed finds its own text there: it then
+    counts as written (on S3, a PUT botocore resent after its first response was lost)."""
+    return current is not None and current.text == text
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,91 @@ class Zone:
         except FileNotFoundError:
             return None
 
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def read_revision(self, relative: str) -> Revision | None:
+        """The file's text with its tag, or None when there is no such file: what a later
+        `write_text_if` can be conditional on.
+
+        On S3 both come from one GET (boto3: pyarrow does not expose ETags), so the tag is this
+        text's even if the object is replaced at that moment.
+        """
+        if self.local:
+            try:
+                with open(self.path_of(relative), "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                return None
+            return Revision(data.decode("utf-8"), hashlib.sha256(data).hexdigest())
+        bucket, key = self._object(relative)
+        try:
+            response = self._s3().get_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if _error_code(error) in _MISSING:
+                return None
+            raise
+        return Revision(response["Body"].read().decode("utf-8"), response["ETag"])
+
+    def write_text_if(self, relative: str, text: str, expected: Revision | None) -> bool:
+        """Replace a small file as `write_text` does, but only if it is still `expected` (None: only
+        if there is no such file); False, having written nothing, when another writer got there first.
+
+        The comparison and the write are one step, so of two writers that read the same version,
+        exactly one succeeds; a write that finds `text` itself in place counts as written. On S3,
+        a conditional PUT: `If-Match` the expected ETag, or `If-None-Match: *`. Locally, the
+        check and the rename run under an exclusive `flock` of a lock file beside the target, which
+        every conditional writer of it takes (the kernel releases it if the process dies); a plain
+        `write_text` does not take it.
+        """
+        if self.local:
+            return self._write_local_if(relative, text, expected)
+        bucket, key = self._object(relative)
+        condition = {"IfMatch": expected.tag} if expected else {"IfNoneMatch": "*"}
+        client = self._s3()
+        for attempt in range(1, _IN_FLIGHT_ATTEMPTS + 1):
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), **condition)
+                return True
+            except ClientError as error:
+                code = _error_code(error)
+                if code not in _CONDITION_FAILED:
+                    raise
+                if code not in _IN_FLIGHT or attempt == _IN_FLIGHT_ATTEMPTS:
+                    break
+            time.sleep(0.2 * attempt)
+        return _already_written(self.read_revision(relative), text)
+
+    def _write_local_if(self, relative: str, text: str, expected: Revision | None) -> bool:
+        folder, name = os.path.split(self.path_of(relative))
+        os.makedirs(folder, exist_ok=True)
+        lock = os.open(os.path.join(folder, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.read_revision(relative)
+            if current != expected:
+                return _already_written(current, text)
+            self.write_text(relative, text)
+            return True
+        finally:
+            os.close(lock)
+
+    def _object(self, relative: str) -> tuple[str, str]:
+        """The bucket and key of `relative` on S3."""
+        bucket, _, key = self.path_of(relative).partition("/")
+        return bucket, key
+
+    def _s3(self) -> Any:
+        """A boto3 S3 client for what pyarrow's filesystem cannot do: ETags and conditional PUTs.
+
+        It finds credentials and the endpoint (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`) in the
+        environment, as pyarrow does, and asks the region pyarrow resolved for the bucket. Made
+        per call (a few milliseconds once boto3 has loaded its models): a commit needs one a few
+        times, and a zone stays a plain value that pickles and compares by its location.
+        """
+        return boto3.client("s3", region_name=cast(pafs.S3FileSystem, self.fs).region)
+
     def write_text(self, relative: str, text: str) -> None:
         """Replace a small file in one step, so readers see the old text or the new, never half.
 
@@ -83,7 +208,7 @@ class Zone:
         """
         path = self.path_of(relative)
         data = text.encode("utf-8")
-        if not isinstance(self.fs, pafs.LocalFileSystem):
+        if not self.local:
             with self.fs.open_output_stream(path) as stream:
                 stream.write(data)
             return
@@ -145,7 +270,7 @@ class Zone:
         """Move `source` to the new folder `target` (a rename locally; copy and delete on object stores)."""
         target_path = self.path_of(target)
         self.fs.create_dir(target_path.rsplit("/", 1)[0], recursive=True)
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if self.local:
             self.fs.move(self.path_of(source), target_path)
         else:
             pafs.copy_files(

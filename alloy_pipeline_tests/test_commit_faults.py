@@ -28,7 +28,7 @@ import pytest
 
 from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
-from alloy_pipeline.commit import ConcurrentCommitError
+from alloy_pipeline.commit import ConcurrentCommitError, PartitionCommit
 from alloy_pipeline.lake import PENDING, RAW, STAGING, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
@@ -67,7 +67,7 @@ STEPS = {
     "pending record": ("write_text", FailAt(1, PENDING)),
     "first move": ("move_dir", FailAt(1)),
     "second move": ("move_dir", FailAt(2)),
-    "manifest write": ("write_text", FailAt(1, "/manifests/")),
+    "manifest write": ("write_text_if", FailAt(1, "/manifests/")),
     "catalog": ("register", FailAt(1)),
     "old version delete": ("delete_version", FailAt(1)),
 }
@@ -115,8 +115,26 @@ def publisher(
     return Publisher(lake, catalog, spark, RAW, QUERY, logging.getLogger("test"), alive)
 
 
+@dataclass
+class Staged:
+    """A run that has begun DAY and staged its version, ready to publish it."""
+
+    commit: PartitionCommit
+    manifest: RawManifest
+    moves: dict[str, str]
+
+    def publish(self, pub: Publisher) -> RawManifest:
+        pub.publish(self.commit, self.manifest, self.moves)
+        return self.manifest
+
+
 def publish_version(pub: Publisher, label: str) -> RawManifest:
     """Stage both tables and the CSV, each file holding `label`, and publish them as a new version of DAY."""
+    return stage_version(pub, label).publish(pub)
+
+
+def stage_version(pub: Publisher, label: str) -> Staged:
+    """Begin DAY as run `label` and stage both tables and the CSV, each file holding `label`."""
     zone = pub.zone
     commit = pub.begin(DAY, run_id=label)
     for table in TABLES:
@@ -144,8 +162,7 @@ def publish_version(pub: Publisher, label: str) -> RawManifest:
     moves = {f"{commit.staging}/csv": landing_dir(QUERY, DAY, commit.version)} | {
         f"{commit.staging}/parquet/{table}": RAW.table_dir(QUERY, table, DAY, commit.version) for table in TABLES
     }
-    pub.publish(commit, manifest, moves)
-    return manifest
+    return Staged(commit, manifest, moves)
 
 
 def glue_location(catalog: CatalogResource, table: str) -> str:
@@ -319,6 +336,56 @@ def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothin
         slow.apply("{}", {f"{slow.staging}/parquet/jobs": RAW.table_dir(QUERY, "jobs", DAY, slow.version)}, ())
     assert lake.raw_manifests(QUERY) == [fast]
     assert_whole(lake, fast, "fast")
+    assert lake.raw.list_names(f"{STAGING}/{QUERY}") == [], "the loser removed its staging"
+
+
+@pytest.mark.parametrize("first_commit", [False, True], ids=["replacing", "first commit"])
+def test_two_runs_past_the_last_check_together_commit_exactly_one_version(
+    first_commit: bool, lake: LakeResource, glue: CatalogResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs A and B begin the day (empty, or holding a version) and stage theirs; A passes its last
+    check before the manifest write, and there, before A writes, B commits. A's write must fail."""
+    pub = publisher(lake, glue, spark=None)
+    if not first_commit:
+        publish_version(pub, "old")
+    a, b = stage_version(pub, "A"), stage_version(pub, "B")
+    checks: dict[str, int] = {}
+    require_unchanged = PartitionCommit._require_unchanged
+
+    def b_commits_once_a_passed_its_last_check(commit: PartitionCommit) -> None:
+        require_unchanged(commit)
+        checks[commit.run_id] = checks.get(commit.run_id, 0) + 1
+        if commit is a.commit and checks["A"] == 2:
+            b.publish(pub)
+
+    monkeypatch.setattr(PartitionCommit, "_require_unchanged", b_commits_once_a_passed_its_last_check)
+    with pytest.raises(ConcurrentCommitError, match=f"query {QUERY}, partition {DAY.key}: another run committed"):
+        a.publish(pub)
+
+    assert checks == {"A": 2, "B": 2}, "B committed between A's last check and A's manifest write"
+    assert lake.raw_manifests(QUERY) == [b.manifest]
+    assert_whole(lake, b.manifest, "B")
+    assert [glue_location(glue, table) for table in TABLES] == [b.manifest.tables[table].path for table in TABLES]
+    assert versions_on_disk(lake) == {b.commit.version}, "A removed its version folders; B retired the old one"
+    for leftover in (f"{PENDING}/{QUERY}", f"{STAGING}/{QUERY}"):
+        assert lake.raw.list_names(leftover) == [], "nothing of A's commit is left"
+
+
+def test_a_conditional_write_refuses_a_changed_file_and_counts_its_own_landed_write(lake: LakeResource) -> None:
+    """`write_text_if` against the version read, against none, and resent after its write landed
+    (as botocore resends a PUT whose response was lost)."""
+    zone, path = lake.raw, "alloy/manifests/raw/q/20240301.json"
+    assert zone.write_text_if(path, "one", None)
+    one = zone.read_revision(path)
+    assert one is not None and one.text == "one"
+    assert not zone.write_text_if(path, "two", None), "the file exists: a first write must not replace it"
+    assert zone.write_text_if(path, "two", one)
+    assert not zone.write_text_if(path, "three", one), "the file is no longer the version read"
+    assert zone.write_text_if(path, "two", one), "the same write again finds its own text in place"
+    assert zone.read_text(path) == "two"
+    zone.delete(path)
+    assert zone.read_revision(path) is None
+    assert not zone.write_text_if(path, "four", one), "the version read is gone"
 
 
 # -- the real raw asset, through the engine and its Hive catalog -----------------------------

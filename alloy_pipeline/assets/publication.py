@@ -101,7 +101,7 @@ class Publisher:
         if commit.read is None:
             return ()
         try:
-            return self._manifest(commit.read).data_dirs(self.zone)
+            return self._manifest(commit.read.text).data_dirs(self.zone)
         except ValueError:
             self.log.warning(
                 f"{self.query} {commit.day.key}: the manifest being replaced cannot be read, so the folders of "

@@ -36,6 +36,17 @@ from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, Sn
 from alloy_pipeline.tables import read_table, write_together
 
 
+def snapshot_pool(query: str) -> str:
+    """The Dagster concurrency pool of `query`'s snapshot asset, one per query.
+
+    With its limit set to 1 (docs/production.md, section 7), one step at a time builds the query's
+    snapshots, whichever runs the steps are in: a ranged backfill or cascade run and a single-day run
+    of a day inside its range as well, which run tag limits cannot keep apart, since a ranged run
+    carries no `dagster/partition` tag.
+    """
+    return f"alloy_snapshot_{query}"
+
+
 def _unique_check(keys: RawKeys) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name="unique_item_id",
@@ -443,6 +454,7 @@ def build_snapshot_asset(
             ],
             check_specs=specs,
             backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=days_per_run),
+            pool=snapshot_pool(query.slug),
             # A ranged run reports each day as it commits it, so a failure leaves the days before it
             # materialized; the output, which Dagster would turn into a materialization of every day
             # of the range once the run ends, is left out.
