@@ -285,10 +285,7 @@ def engine_command(action: str, settings: EngineSettings) -> int:
         print(settings.url)
         return 0
     if action == "stop":
-        stopped = engine.stop(settings)
-        print(
-            "Spark engine stopped" if stopped else f"no Spark engine was running from {settings.home}", file=sys.stderr
-        )
+        print(engine.stop(settings).message, file=sys.stderr)
         return 0
     state = engine.status(settings)
     if state is None:

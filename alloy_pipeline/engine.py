@@ -6,7 +6,14 @@ pyspark wheel) owns the JVM and the catalog, and every Dagster step is a thin cl
 by `SPARK_REMOTE`: the same code path that talks to a cluster's Connect endpoint in production.
 
 The engine's state (pid file, `engine.json`, log) lives in its home folder; `stop` ends only the
-process recorded there, and only if it is still that Spark Connect server.
+process recorded there, and only while it is still that process (the same start time) and this
+folder's Spark Connect server (its catalog and port in its command line, listening on that port):
+pids get reused, and data folders get copied with their state.
+
+`start` keeps the engine until `stop`; `running()` keeps it for a block, and shares it: each block
+holds a lease in `home/users`, and an engine that a `running()` started is stopped by the last
+block to leave (`make sql` while `make demo` runs must not lose the engine), unless `start` was
+called on it meanwhile.
 
 Nobody else gets in. A Connect client can read and write any file the engine's user can, and run
 SQL in a JVM, so an open port on a shared machine would hand all that to every local user. `start`
@@ -30,6 +37,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -161,6 +169,11 @@ class EngineSettings(BaseModel):
         """Where `spark-daemon.sh` records the server's pid (its own naming)."""
         return self.home / f"spark-{IDENT}-{SERVER_CLASS}-1.pid"
 
+    @property
+    def users(self) -> Path:
+        """The leases of the `running()` blocks using the engine: one flock'd file each."""
+        return self.home / "users"
+
     def server_conf(self) -> dict[str, str]:
         """The local settings of `spark.py`, the Hive catalog on Derby, bound to loopback."""
         metastore, warehouse = self.metastore.resolve(), self.warehouse.resolve()
@@ -195,6 +208,17 @@ class EngineState(BaseModel):
     )
     pid: int
     log: Path
+    started: str | None = Field(
+        default=None,
+        description="The server process's start time as the system reports it (/proc/<pid>/stat's starttime, "
+        "else `ps -o lstart`), which tells it from a later process given the same pid; None in the state "
+        "of an engine started before it was recorded.",
+    )
+    stop_when_unused: bool = Field(
+        default=False,
+        description="Whether the last `running()` block to leave stops it: set when a `running()` started it, "
+        "cleared by `start`.",
+    )
 
     @property
     def port(self) -> int:
@@ -204,18 +228,116 @@ class EngineState(BaseModel):
         return port
 
 
-def _is_our_server(pid: int) -> bool:
-    """Whether `pid` is alive and still a Spark Connect server (pids get reused)."""
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+PROC = Path("/proc/self/stat").exists()
+"""Whether this system describes processes in /proc (Linux); elsewhere `ps` does."""
+IDENTIFYING_SETTINGS = ("spark.hadoop.javax.jdo.option.ConnectionURL", "spark.driver.extraJavaOptions")
+"""The server settings that name a data folder: its metastore, its home (derby.log)."""
+
+
+@dataclass(frozen=True)
+class _Process:
+    """A live process as the system describes it."""
+
+    started: str
+    """Its start time, in the system's own terms: equal for one process, different for a later one."""
+    command: str
+    """Its arguments, joined by spaces."""
+
+
+def _process(pid: int) -> _Process | None:
+    """The live process `pid`, or None when there is none (a zombie, which cannot serve, counts as none)."""
+    if PROC:
         try:
-            command = subprocess.run(
-                ["ps", "-ww", "-p", str(pid), "-o", "command="], capture_output=True, timeout=5, check=False
-            ).stdout
+            stat_line = Path(f"/proc/{pid}/stat").read_text()
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        fields = stat_line[stat_line.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+        state, started = fields[0], fields[19]  # fields 3 and 22 of proc(5)
+        command = " ".join(argument.decode(errors="replace") for argument in arguments.split(b"\0") if argument)
+    else:
+        try:
+            listed = subprocess.run(
+                ["ps", "-ww", "-p", str(pid), "-o", "stat=", "-o", "lstart=", "-o", "command="],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            ).stdout.split(maxsplit=6)
         except (OSError, subprocess.SubprocessError):
-            return False
-    return SERVER_CLASS.encode() in command
+            return None
+        if len(listed) < 7:
+            return None
+        state, started, command = listed[0], " ".join(listed[1:6]), listed[6].strip()
+    return None if state.startswith(("Z", "X")) else _Process(started=started, command=command)
+
+
+def _still_running(state: EngineState) -> bool:
+    """Whether the process `start` launched is alive: its pid, with its start time when recorded."""
+    process = _process(state.pid)
+    return process is not None and state.started in (None, process.started)
+
+
+def _not_the_engine(settings: EngineSettings, state: EngineState) -> str | None:
+    """Why the process `state` records is not this folder's engine (a sentence), or None when it is.
+
+    `stop` sends it SIGTERM, so it must be the process `start` launched (the same start time: a
+    pid is reused once its process ends) and a Spark Connect server with this folder's catalog and
+    the recorded port in its command line (a copied data folder holds another folder's engine).
+    """
+    process = _process(state.pid)
+    if process is None:
+        return f"its recorded pid {state.pid} is not running"
+    if state.started is not None and process.started != state.started:
+        return (
+            f"its recorded pid {state.pid} is now another process (started at {process.started}, not "
+            f"{state.started}): not stopping it"
+        )
+    conf = settings.server_conf()
+    expected = [f"spark.connect.grpc.binding.port={state.port}"] + [
+        f"{name}={conf[name]}" for name in IDENTIFYING_SETTINGS
+    ]
+    padded = f" {process.command} "
+    if f" {SERVER_CLASS} " not in padded:
+        return (
+            f"its recorded pid {state.pid} is not a Spark Connect server (`{process.command[:200]}`): not stopping it"
+        )
+    missing = [argument for argument in expected if f" {argument} " not in padded]
+    if missing:
+        return (
+            f"its recorded pid {state.pid} is not the Spark Connect server of this data folder and port (its "
+            f"command line lacks `{missing[0]}`; a folder copied with its state names another folder's engine): "
+            "not stopping it"
+        )
+    return None
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port`; where /proc cannot say, whether
+    anything answers on that loopback port."""
+    if not PROC:
+        return _answers(port)
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, status_code, inode = (row.split()[index] for index in (1, 3, 9))
+            if status_code == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                sockets.add(f"socket:[{inode}]")
+    try:
+        descriptors = list(os.scandir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor.path) in sockets:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
 
 
 def free_port() -> int:
@@ -236,13 +358,23 @@ def _answers(port: int) -> bool:
     return True
 
 
-def status(settings: EngineSettings) -> EngineState | None:
-    """The running engine recorded in `settings.home`, or None."""
+def _recorded(settings: EngineSettings) -> EngineState | None:
+    """The state `start` recorded in `settings.home`, or None."""
     try:
-        state = EngineState.model_validate_json(settings.state_file.read_text())
+        return EngineState.model_validate_json(settings.state_file.read_text())
     except (OSError, ValueError):
         return None
-    if not _is_our_server(state.pid) or not _answers(state.port):
+
+
+def _record(settings: EngineSettings, state: EngineState) -> None:
+    settings.state_file.write_text(state.model_dump_json(indent=2))
+
+
+def status(settings: EngineSettings) -> EngineState | None:
+    """The running engine recorded in `settings.home`, or None: the recorded process must be this
+    folder's engine (`_not_the_engine`) and listen on its port."""
+    state = _recorded(settings)
+    if state is None or _not_the_engine(settings, state) is not None or not _listens_on(state.pid, state.port):
         return None
     return state
 
@@ -316,7 +448,8 @@ def _log_tail(log: Path, characters: int = 3000) -> str:
         return "(no log)"
 
 
-def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> EngineState:
+def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> tuple[int, Path]:
+    """Launch the server in the background (`start-connect-server.sh`); return its pid and log."""
     spark_home = Path(pyspark.__file__).parent
     logs = settings.home.resolve() / "logs"
     environment = server_environment(inherited, _new_token(settings)) | {
@@ -347,9 +480,7 @@ def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> EngineSta
             f"the Spark engine did not start ({(launched.stderr or launched.stdout).strip()[-2000:]}); "
             f"log {log}:\n{_log_tail(log)}"
         )
-    state = EngineState(endpoint=settings.endpoint, pid=int(settings.pid_file.read_text().strip()), log=log)
-    settings.state_file.write_text(state.model_dump_json(indent=2))
-    return state
+    return int(settings.pid_file.read_text().strip()), log
 
 
 def _wait_until_it_answers(settings: EngineSettings, state: EngineState) -> None:
@@ -357,7 +488,7 @@ def _wait_until_it_answers(settings: EngineSettings, state: EngineState) -> None
     not in the first run's first registration."""
     deadline = time.monotonic() + settings.start_timeout_seconds
     while not _answers(settings.port):
-        if not _is_our_server(state.pid):
+        if not _still_running(state):
             raise EngineError(f"the Spark engine exited while starting; log {state.log}:\n{_log_tail(state.log)}")
         if time.monotonic() > deadline:
             raise EngineError(
@@ -369,60 +500,148 @@ def _wait_until_it_answers(settings: EngineSettings, state: EngineState) -> None
         session.sql("SHOW DATABASES").collect()
 
 
+def _start(
+    settings: EngineSettings, inherited: Mapping[str, str] | None, stop_when_unused: bool
+) -> tuple[EngineState, bool]:
+    """`start` and `running()`'s start, under the lock of `settings.home`."""
+    running_now = status(settings)
+    if running_now is not None:
+        if running_now.stop_when_unused and not stop_when_unused:
+            running_now = running_now.model_copy(update={"stop_when_unused": False})
+            _record(settings, running_now)
+        return running_now, False
+    if _answers(settings.port):
+        raise EngineError(f"port {settings.port} on {LOOPBACK} is taken by another program; choose another with --port")
+    pid, log = _launch(settings, os.environ if inherited is None else inherited)
+    process = _process(pid)  # its start time, read now: it stays the same through spark-class's exec of java
+    state = EngineState(
+        endpoint=settings.endpoint,
+        pid=pid,
+        log=log,
+        started=process.started if process else None,
+        stop_when_unused=stop_when_unused,
+    )
+    _record(settings, state)
+    try:
+        _wait_until_it_answers(settings, state)
+    except BaseException:
+        _terminate(state)
+        raise
+    return state, True
+
+
 def start(settings: EngineSettings, inherited: Mapping[str, str] | None = None) -> tuple[EngineState, bool]:
     """Start the engine unless it already runs; return it and whether this call started it.
 
-    A new server inherits what it needs of `inherited` (default: this process's environment),
-    filtered by `server_environment`; its clients' URL is `settings.url`.
+    The engine then runs until `stop`, even one a `running()` block started: `engine start` is a
+    promise to the operator that it stays. A new server inherits what it needs of `inherited`
+    (default: this process's environment), filtered by `server_environment`; its clients' URL is
+    `settings.url`.
     """
     with _lock(settings):
-        running = status(settings)
-        if running is not None:
-            return running, False
-        if _answers(settings.port):
-            raise EngineError(
-                f"port {settings.port} on {LOOPBACK} is taken by another program; choose another with --port"
-            )
-        state = _launch(settings, os.environ if inherited is None else inherited)
-        try:
-            _wait_until_it_answers(settings, state)
-        except BaseException:
-            _terminate(state.pid)
-            raise
-        return state, True
+        return _start(settings, inherited, stop_when_unused=False)
 
 
-def _terminate(pid: int, grace_seconds: float = 30) -> None:
-    if not _is_our_server(pid):
+def _terminate(state: EngineState, grace_seconds: float = 30) -> None:
+    """SIGTERM the recorded process, and SIGKILL it if it outlives `grace_seconds`; the caller has
+    checked it is the engine, and each signal goes only to that same process (its start time)."""
+    if not _still_running(state):
         return
-    os.kill(pid, signal.SIGTERM)
+    os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while _is_our_server(pid) and time.monotonic() < deadline:
+    while _still_running(state) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _is_our_server(pid):
-        os.kill(pid, signal.SIGKILL)
+    if _still_running(state):
+        os.kill(state.pid, signal.SIGKILL)
 
 
-def stop(settings: EngineSettings) -> bool:
-    """Stop the engine recorded in `settings.home`; False if none was running."""
+@dataclass(frozen=True)
+class StopOutcome:
+    """What `stop` did, for the operator."""
+
+    stopped: bool
+    """Whether it ended a server."""
+    message: str
+    """What it found and did, and why when it stopped nothing."""
+
+
+def _stop(settings: EngineSettings) -> StopOutcome:
+    """`stop` under the lock of `settings.home`."""
+    state = _recorded(settings)
+    if state is None:
+        return StopOutcome(False, f"no Spark engine was running from {settings.home}")
+    problem = _not_the_engine(settings, state)
+    if problem is None:
+        _terminate(state)
+    for recorded in (settings.state_file, settings.pid_file, settings.token_file):
+        recorded.unlink(missing_ok=True)
+    if problem is not None:
+        return StopOutcome(False, f"no Spark engine was running from {settings.home}: {problem}")
+    return StopOutcome(True, f"Spark engine stopped (pid {state.pid}, {state.endpoint})")
+
+
+def stop(settings: EngineSettings) -> StopOutcome:
+    """Stop the engine recorded in `settings.home`, if that process is still this folder's engine
+    (`_not_the_engine`), whoever is using it; the folder's records of it go either way."""
     with _lock(settings):
+        return _stop(settings)
+
+
+class _Lease:
+    """A `running()` block's claim on the engine: a file in `settings.users` that it keeps flock'd.
+
+    The kernel drops the lock when its holder ends, however it ends (a killed `make sql` included),
+    so a lease file nobody holds is stale, and `_users` removes it.
+    """
+
+    def __init__(self, settings: EngineSettings) -> None:
+        settings.users.mkdir(parents=True, exist_ok=True)
+        self.path = settings.users / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._handle = self.path.open("w")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._handle.close()
+
+
+def _users(settings: EngineSettings) -> int:
+    """How many leases are held (this process's own included: each has a descriptor of its own, so
+    a second one here conflicts with it), removing those whose holders have ended."""
+    held = 0
+    for lease in settings.users.glob("*"):
         try:
-            state = EngineState.model_validate_json(settings.state_file.read_text())
-        except (OSError, ValueError):
-            return False
-        was_running = _is_our_server(state.pid)
-        _terminate(state.pid)
-        for recorded in (settings.state_file, settings.pid_file, settings.token_file):
-            recorded.unlink(missing_ok=True)
-        return was_running
+            handle = lease.open("rb")
+        except OSError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held += 1
+                continue
+        lease.unlink(missing_ok=True)
+    return held
 
 
 @contextmanager
 def running(settings: EngineSettings) -> Iterator[EngineState]:
-    """The engine for the length of a block: started if needed, and stopped only if started here."""
-    state, started = start(settings)
+    """The engine for the length of a block: started if needed, and shared with every other block.
+
+    The block holds a lease on the engine while it runs. An engine a `running()` started is stopped
+    by the last block to leave, whichever started it: `make sql` while `make demo` runs keeps the
+    engine until both are done. An engine that `start` started, or was called on since, stays.
+    Starting and taking the lease happen under one lock, as do leaving and the check for others,
+    so a block joining while another leaves never finds its engine stopped.
+    """
+    with _lock(settings):
+        state, _ = _start(settings, None, stop_when_unused=True)
+        lease = _Lease(settings)
     try:
         yield state
     finally:
-        if started:
-            stop(settings)
+        with _lock(settings):
+            lease.release()
+            current = _recorded(settings)
+            if current is not None and current.stop_when_unused and not _users(settings):
+                _stop(settings)

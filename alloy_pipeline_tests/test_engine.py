@@ -24,7 +24,7 @@ from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
 from alloy_pipeline.cli import engine_command
 from alloy_pipeline.engine import EngineError, EngineSettings
 from alloy_pipeline.lake import LakeResource
-from alloy_pipeline.spark import endpoint, on_loopback
+from alloy_pipeline.spark import SparkConnectUnreachable, connect_session, endpoint, on_loopback
 from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE, STARTER_SECRETS
 from alloy_pipeline_tests.harness import API_KEY, REPO, Pipeline
 
@@ -165,27 +165,11 @@ def test_import_timestamp_is_utc_whatever_the_time_zones(
 
 
 def test_start_reuses_the_running_engine(engine: EngineSettings) -> None:
+    """And knows the server it started by its start time, its command line and its port."""
     running = engines.status(engine)
-    assert running is not None
+    assert running is not None and running.started is not None and not running.stop_when_unused
+    assert engines._listens_on(running.pid, engine.port)
     assert engines.start(engine) == (running, False)
-
-
-def test_stop_ends_only_the_engine_it_started(tmp_path: Path) -> None:
-    """A recorded pid that is no longer a Spark Connect server (pids get reused) is left alone."""
-    bystander = subprocess.Popen(["sleep", "60"])
-    try:
-        settings = EngineSettings(home=tmp_path, port=engines.free_port())
-        state = engines.EngineState(endpoint=settings.endpoint, pid=bystander.pid, log=tmp_path / "server.out")
-        settings.state_file.write_text(state.model_dump_json())
-        settings.token_file.parent.mkdir()
-        settings.token_file.write_text("a stopped server's token")
-        assert engines.status(settings) is None
-        assert engines.stop(settings) is False
-        assert bystander.poll() is None, "another program's process was left running"
-        assert not settings.state_file.exists()
-        assert not settings.token_file.exists()
-    finally:
-        bystander.kill()
 
 
 def test_start_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
@@ -271,6 +255,102 @@ def test_a_refused_step_is_told_where_the_token_comes_from(engine: EngineSetting
     assert f"SparkConnectRefused: the Spark Connect server at {engine.endpoint} refused" in completed.stderr
     assert "`alloy-pipeline engine start` prints" in completed.stderr
     assert wrong not in completed.stderr and token_of(engine) not in completed.stderr
+
+
+GONE_TOKEN = "a-token-for-no-log"
+
+
+@pytest.mark.parametrize("port_state", ["nothing-listens", "accepts-and-never-answers"])
+def test_a_step_whose_engine_is_gone_fails_within_its_patience(
+    port_state: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`connect_session`, as a step's SparkResource opens it, on the port of a stopped or killed
+    engine (refused at once), or of a hung one (accepted, never answered: within the patience, not
+    gRPC's 20 s connect timeout times pyspark's retries). The error names the endpoint and
+    `engine start`, never the token, and comes before a session exists: this process keeps its own."""
+    patience = 1.0
+    monkeypatch.setattr("alloy_pipeline.spark.ENGINE_PATIENCE_SECONDS", patience)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, so nobody else takes the port; refusing until it listens
+        if port_state == "accepts-and-never-answers":
+            holder.listen()
+        port = holder.getsockname()[1]
+        began = time.monotonic()
+        with pytest.raises(SparkConnectUnreachable) as gone:
+            connect_session(f"sc://localhost:{port}/;token={GONE_TOKEN}")
+        took = time.monotonic() - began
+    if port_state == "nothing-listens":
+        assert took < patience and "Connection refused" in str(gone.value)
+    else:
+        assert patience <= took < patience + 2 and f"did not answer within {patience:g} s" in str(gone.value)
+    assert str(gone.value).startswith(f"the Spark engine at sc://localhost:{port} ")
+    assert "start it with `alloy-pipeline engine start`" in str(gone.value)
+    assert GONE_TOKEN not in str(gone.value)
+
+
+ENGINE_THAT_DIES = """
+import sys, time
+from concurrent import futures
+import grpc
+from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc
+from alloy_pipeline import spark
+
+
+class Configures(base_pb2_grpc.SparkConnectServiceServicer):
+    # Enough of a Spark Connect server for `connect_session`, which sets its session's settings.
+
+    def Config(self, request, context):
+        return base_pb2.ConfigResponse(session_id=request.session_id, server_side_session_id="stand-in")
+
+
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+base_pb2_grpc.add_SparkConnectServiceServicer_to_server(Configures(), server)
+port = server.add_secure_port("localhost:0", grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP))
+server.start()
+session = spark.connect_session(f"sc://localhost:{port}/;token={sys.argv[2]}")
+server.stop(None).wait()  # the engine dies: killed, or stopped by `engine stop`
+if sys.argv[1] == "query":
+    spark.ENGINE_PATIENCE_SECONDS = 1.0
+    began = time.monotonic()
+    for attempt in ("first", "second"):
+        try:
+            session.sql("SELECT 1").collect()
+        except spark.SparkConnectUnreachable as gone:
+            print(f"{attempt} {time.monotonic() - began:.2f} {gone}", file=sys.stderr)
+print(time.time())  # Python exits from here
+"""
+
+
+def test_a_step_whose_engine_dies_fails_within_its_patience_and_exits_at_once() -> None:
+    """A client of an engine that answered and then died: its query fails within the patience (a
+    second query at once), and its process exits at once, not after pyspark's exit hook has retried
+    the engine for ten minutes, whether or not a call found the engine gone first. Two processes of
+    their own, at once: a process keeps its first session."""
+    runs = {
+        mode: subprocess.Popen(
+            [sys.executable, "-c", ENGINE_THAT_DIES, mode, GONE_TOKEN],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode in ("exit", "query")  # in the order they end
+    }
+    errors = {}
+    for mode, run in runs.items():
+        out, errors[mode] = run.communicate(timeout=120)
+        exited = time.time()
+        assert run.returncode == 0, errors[mode][-3000:]
+        assert exited - float(out.split()[-1]) < 3, (
+            f"{mode}: the process took {exited - float(out.split()[-1]):.1f} s to exit"
+        )
+    first, second = (
+        re.search(rf"^{attempt} ([0-9.]+) (.*)$", errors["query"], re.MULTILINE) for attempt in ("first", "second")
+    )
+    assert first is not None and second is not None, errors["query"][-3000:]
+    assert float(first[1]) < 3 and float(second[1]) - float(first[1]) < 0.5
+    assert re.match(r"the Spark engine at sc://localhost:\d+ stopped answering \(.*Connection refused\)", first[2])
+    assert "start it with `alloy-pipeline engine start`" in first[2]
+    assert GONE_TOKEN not in errors["query"] + errors["exit"]
 
 
 def test_the_token_is_its_owners_alone(engine: EngineSettings) -> None:
