@@ -23,7 +23,9 @@ START, END = "dagster/asset_partition_range_start", "dagster/asset_partition_ran
 @pytest.fixture
 def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Pipeline:
     """Three days of one query, Alloy changing between them, then raw day 2 re-extracted with other data."""
-    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"])
+    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"]).keep_joins(
+        "DW Container Job", "root.attributes_jobAssignedContainer."
+    )
     for number, day in enumerate(DAYS):
         if number:
             pipeline.simulator.dataset.simulate_day(seed=number)

@@ -393,7 +393,9 @@ def test_a_conditional_write_refuses_a_changed_file_and_counts_its_own_landed_wr
 
 @pytest.fixture
 def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Iterator[Pipeline]:
-    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"])
+    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"]).keep_joins(
+        "DW Container Job", "root.attributes_jobAssignedContainer."
+    )
     pipeline.cleanup_grace_minutes = 0
     yield pipeline
 
