@@ -18,6 +18,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql.connect.client import DefaultChannelBuilder
 from pyspark.sql.connect.client.retries import DefaultPolicy, RetryPolicyState
 
+from alloy_pipeline.loopback import is_loopback
+
 SESSION_SETTINGS: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
@@ -39,7 +41,6 @@ LOCAL_SPARK_CONFIG: dict[str, str] = {
 """Spark in one JVM tuned for a small machine: the engine's settings, and in-process Spark's."""
 
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 ENGINE_PATIENCE_SECONDS = 10.0
 """How long a client of a server on this machine (the engine) waits for it: to answer its first
 call, and to answer again once a call finds it unavailable. A live engine answers on loopback
@@ -55,7 +56,7 @@ def endpoint(remote: str) -> str:
 
 def on_loopback(remote: str) -> bool:
     """Whether a Spark Connect URL names this machine."""
-    return urlsplit(endpoint(remote)).hostname in LOOPBACK_HOSTS
+    return is_loopback(urlsplit(endpoint(remote)).hostname)
 
 
 class SparkConnectRefused(RuntimeError):

@@ -190,6 +190,8 @@ def test_start_refuses_a_port_another_program_holds(tmp_path: Path) -> None:
         ("sc://[::1]:15002", True),
         ("sc://spark.council.example:443/;use_ssl=true;token=secret", False),
         ("sc://10.0.0.7:15002", False),
+        ("sc://127.0.0.2:15002", True),
+        ("sc://localhost.council.example:15002", False),
     ],
 )
 def test_only_clients_on_loopback_give_up_reattachable_execution(remote: str, local: bool) -> None:

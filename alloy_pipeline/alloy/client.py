@@ -15,7 +15,6 @@ server cannot fill the disk or keep a run waiting by trickling bytes under the r
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from alloy_pipeline.alloy.archive import ArchiveError, extract_csvs
 from alloy_pipeline.alloy.transport import RETRYABLE_ERRORS, RETRYABLE_STATUS, RetryingTransport
 from alloy_pipeline.aqs import ExportRequest
+from alloy_pipeline.loopback import is_loopback
 
 IN_PROGRESS_STATUSES = frozenset({"Queued", "Running"})
 FAILED_STATUSES = frozenset({"Failed", "Deleted", "Cancelled"})
@@ -448,13 +448,6 @@ def _save(response: httpx.Response, target: Path, have: int, limits: _DownloadLi
             sink.write(chunk)
 
 
-def _on_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _same_api(left: httpx.URL, right: httpx.URL) -> bool:
     return (left.scheme, left.host, left.port, left.path.rstrip("/")) == (
         right.scheme,
@@ -484,7 +477,7 @@ def checked_api_url(base_url: str) -> str:
             f"({configured!r}); the API key is sent only there. Set {API_URL_VARIABLE} in the code "
             "location's environment instead of the run's config."
         )
-    if url.scheme != "https" and not (url.scheme == "http" and _on_loopback(url.host)):
+    if url.scheme != "https" and not (url.scheme == "http" and is_loopback(url.host)):
         raise AlloyError(
             f"{API_URL_VARIABLE} {configured!r}: the API key travels only over https (plain http only to this machine)"
         )
