@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
+from alloy_pipeline.check_targets import latest_materialization
 from alloy_pipeline.lake import LakeResource, ManifestError
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, out_of_date
@@ -55,19 +56,21 @@ def _cascade_active(instance: dg.DagsterInstance, query: str) -> bool:
     return bool(instance.get_run_records(dg.RunsFilter(tags={CASCADE_TAG: query}, statuses=_ACTIVE), limit=1))
 
 
-def _flag(query: str, day: dt.date, changes: list[str]) -> dg.AssetCheckEvaluation:
+def _flag(instance: dg.DagsterInstance, query: str, day: dt.date, changes: list[str]) -> dg.AssetCheckEvaluation:
+    """A failing evaluation of the day's latest materialization: the one built on the replaced versions."""
     return dg.AssetCheckEvaluation(
         asset_key=snapshot_key(query),
         check_name=CURRENT_INPUTS_CHECK,
         passed=False,
         severity=dg.AssetCheckSeverity.WARN,
         partition=day.isoformat(),
+        target_materialization_data=latest_materialization(instance, snapshot_key(query), day.isoformat()),
         description="Built on versions that are no longer the committed ones; a rebuild of this day brings it up to date.",
         metadata={"changes": dg.MetadataValue.json(changes)},
     )
 
 
-def _unreadable(query: str, error: ManifestError) -> dg.AssetCheckEvaluation:
+def _unreadable(instance: dg.DagsterInstance, query: str, error: ManifestError) -> dg.AssetCheckEvaluation:
     """A query whose manifests cannot be read is reported on the damaged day; the others go on."""
     return dg.AssetCheckEvaluation(
         asset_key=snapshot_key(query),
@@ -75,6 +78,7 @@ def _unreadable(query: str, error: ManifestError) -> dg.AssetCheckEvaluation:
         passed=False,
         severity=dg.AssetCheckSeverity.WARN,
         partition=error.day.isoformat(),
+        target_materialization_data=latest_materialization(instance, snapshot_key(query), error.day.isoformat()),
         description="A manifest of this query cannot be read, so its snapshots could not be checked.",
         metadata={"error": str(error)},
     )
@@ -123,11 +127,13 @@ def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorD
                 stale = out_of_date(query, snapshots, lake.raw_manifests(query))
             except ManifestError as error:
                 context.log.error(f"query {query} was not checked for out-of-date snapshots: {error}")
-                flags.append(_unreadable(query, error))
+                flags.append(_unreadable(context.instance, query, error))
                 continue
             reported = cursor.flagged.get(query, {})
             flags += [
-                _flag(query, day, changes) for day, changes in stale.items() if reported.get(day.isoformat()) != changes
+                _flag(context.instance, query, day, changes)
+                for day, changes in stale.items()
+                if reported.get(day.isoformat()) != changes
             ]
             cursor.flagged[query] = {day.isoformat(): changes for day, changes in stale.items()}
             if _cascade_active(context.instance, query):

@@ -24,6 +24,7 @@ from alloy_pipeline.spark import SparkResource
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "e2e-secret-key"
 RUN_TIME_COLUMNS = ("import_datetime", "import_timestamp")
+PARTITIONS = daily_partitions("2024-01-01")
 
 
 @dataclass
@@ -103,12 +104,23 @@ class Pipeline:
 
     def assets(self) -> list[dg.AssetsDefinition]:
         """Built from the AQS folder as it is now, as the code location would on reload."""
-        partitions = daily_partitions("2024-01-01")
         return [
             asset
             for query in load_queries(self.aqs_dir)
-            for asset in build_query_definitions(query, partitions).assets or ()
+            for asset in build_query_definitions(query, PARTITIONS).assets or ()
         ]
+
+    def check_status_by_day(self, key: dg.AssetKey, check: str) -> dict[str, str]:
+        """Each day's status of `check`, as the check's Partitions tab shows it: the per-partition state the
+        UI reads (`SUCCEEDED`, `FAILED`, …), where a day whose evaluation judged an older materialization
+        than the day's latest does not appear."""
+        check_key = dg.AssetCheckKey(key, check)
+        state = self.instance.event_log_storage.get_asset_check_state([(check_key, PARTITIONS)])[check_key]
+        return {
+            day: status.value
+            for status, subset in state.subsets.items()
+            for day in subset.subset_value.get_partition_keys()
+        }
 
     def run(
         self, day: str, *, group: str | None = None, full_refresh: bool = False, raise_on_error: bool = True

@@ -49,18 +49,8 @@ def flags(result: dg.SensorResult) -> dict[str, dg.AssetCheckEvaluation]:
 
 
 def check_status(jobs: Pipeline) -> dict[str, str]:
-    """The latest status of the lineage check per day, as the UI shows it.
-
-    A ranged run also plans each check once on no partition, which stays PLANNED; it is left out.
-    """
-    records = jobs.instance.event_log_storage.get_asset_check_execution_history(
-        dg.AssetCheckKey(snapshot_key(QUERY), CHECK), limit=100
-    )
-    latest: dict[str, str] = {}
-    for record in sorted(records, key=lambda record: record.id):
-        if record.partition is not None:
-            latest[record.partition] = record.status.value
-    return latest
+    """The lineage check's status per day, as its Partitions tab shows it."""
+    return jobs.check_status_by_day(snapshot_key(QUERY), CHECK)
 
 
 def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixes_them(jobs: Pipeline) -> None:

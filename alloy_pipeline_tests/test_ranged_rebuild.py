@@ -77,8 +77,18 @@ def check_statuses(jobs: Pipeline, run_id: str) -> dict[tuple[str | None, str], 
     }
 
 
+def shown_by_day(jobs: Pipeline) -> dict[tuple[str, str], str]:
+    """Every check's status per day as the UI's partition views show it."""
+    return {(day, name): status for name in CHECKS for day, status in jobs.check_status_by_day(KEY, name).items()}
+
+
+def as_statuses(evaluations: Evaluations) -> dict[tuple[str | None, str], str]:
+    return {key: "SUCCEEDED" if passed else "FAILED" for key, (passed, _) in evaluations.items()}
+
+
 def test_a_ranged_run_rebuilds_the_day_by_day_partitions_and_a_failure_keeps_every_day(jobs: Pipeline) -> None:
     by_day = export_days(jobs) | evaluations_of(jobs.run(DAYS[-1], group="alloy_snapshot"))
+    assert shown_by_day(jobs) == as_statuses(by_day), "single-day runs: each day's checks shown on that day"
     before = jobs.stored_snapshots(QUERY)
     assert list(before) == DAYS
     assert len({len(tables[QUERY]) for _, tables in before.values()}) > 1, "the days differ"
@@ -90,9 +100,8 @@ def test_a_ranged_run_rebuilds_the_day_by_day_partitions_and_a_failure_keeps_eve
     ranged = evaluations_of(result)
     assert set(ranged) == {(day, name) for day in DAYS for name in CHECKS}
     assert ranged == by_day
-    assert check_statuses(jobs, result.run_id) == {
-        key: "SUCCEEDED" if passed else "FAILED" for key, (passed, _) in ranged.items()
-    }
+    assert check_statuses(jobs, result.run_id) == as_statuses(ranged)
+    assert shown_by_day(jobs) == as_statuses(ranged), "the ranged run's evaluations are each day's status"
 
     # A failure on day k keeps the days before it and the versions of the days from k on.
     first = result.run_id
@@ -116,6 +125,16 @@ def test_a_ranged_run_rebuilds_the_day_by_day_partitions_and_a_failure_keeps_eve
     }
     assert statuses[(failing, "unique_item_id")] == "FAILED"
     assert {statuses[(day, name)] for day in DAYS[2:] for name in CHECKS} == {"FAILED", "PLANNED"}
+    assert shown_by_day(jobs) == {
+        (day, name): "SUCCEEDED"
+        if day in DAYS[:2]
+        else "FAILED"
+        if (day, name) == (failing, "unique_item_id")
+        # Dagster's word for a check whose run ended before evaluating it; the days keep their versions.
+        else "EXECUTION_FAILED"
+        for day in DAYS
+        for name in CHECKS
+    }
 
 
 @pytest.mark.parametrize(("setting", "days_per_run"), [(None, 31), ("7", 7)])

@@ -19,6 +19,7 @@ from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import preview, table_schema
 from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
+from alloy_pipeline.check_targets import latest_materialization
 from alloy_pipeline.frames import rename_columns, stamp_columns
 from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingNames, MappingResource, stale_files
@@ -328,8 +329,11 @@ def snapshot_one_day(step: SnapshotStep, day: Day) -> Iterator[dg.MaterializeRes
     yield from committed.checks
 
 
-def _evaluation(result: dg.AssetCheckResult, spec: dg.AssetCheckSpec, day: Day) -> dg.AssetCheckEvaluation:
-    """`result` as recorded on `day`: an AssetCheckResult takes the run's partition, and a ranged run has none."""
+def _evaluation(
+    result: dg.AssetCheckResult, spec: dg.AssetCheckSpec, day: Day, instance: dg.DagsterInstance
+) -> dg.AssetCheckEvaluation:
+    """`result` as recorded on `day` and its latest materialization: an AssetCheckResult takes the run's
+    partition and its materialization, and a ranged run has neither."""
     return dg.AssetCheckEvaluation(
         asset_key=spec.asset_key,
         check_name=spec.name,
@@ -339,6 +343,7 @@ def _evaluation(result: dg.AssetCheckResult, spec: dg.AssetCheckSpec, day: Day) 
         description=result.description,
         blocking=spec.blocking,
         partition=day.key,
+        target_materialization_data=latest_materialization(instance, spec.asset_key, day.key),
     )
 
 
@@ -351,7 +356,11 @@ def _range_failure(query: str, days: list[Day], index: int) -> str:
 
 
 def snapshot_days(
-    step: SnapshotStep, key: dg.AssetKey, days: list[Day], specs: Mapping[str, dg.AssetCheckSpec]
+    step: SnapshotStep,
+    key: dg.AssetKey,
+    days: list[Day],
+    specs: Mapping[str, dg.AssetCheckSpec],
+    instance: dg.DagsterInstance,
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """A run over a range of days: each day is committed, then reported, before the next is built.
 
@@ -370,12 +379,12 @@ def snapshot_days(
             committed = build_day(step, plan_snapshot(step.query, day, snapshots, raws), stale)
         except Exception as error:
             if isinstance(error, BlockedSnapshot):
-                yield _evaluation(error.check, specs[error.check.check_name], day)
+                yield _evaluation(error.check, specs[error.check.check_name], day, instance)
             raise SnapshotError(_range_failure(step.query, days, index)) from error
         snapshots = [manifest for manifest in snapshots if manifest.day != day.date] + [committed.manifest]
         stale.pop(day.date, None)
         yield dg.AssetMaterialization(asset_key=key, partition=day.key, metadata=committed.metadata)
-        yield from (_evaluation(check, specs[check.check_name], day) for check in committed.checks)
+        yield from (_evaluation(check, specs[check.check_name], day, instance) for check in committed.checks)
 
 
 def _check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
@@ -486,7 +495,7 @@ def build_snapshot_asset(
             yield from snapshot_one_day(step, Day.from_key(context.partition_key))
             return
         days = [Day.from_key(partition) for partition in sorted(context.partition_keys)]
-        yield from snapshot_days(step, key, days, {spec.name: spec for spec in specs})
+        yield from snapshot_days(step, key, days, {spec.name: spec for spec in specs}, context.instance)
         # Dagster requires each selected check's output once; an AssetCheckResult would have yielded it.
         for check_key in context.selected_asset_check_keys:
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
