@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from alloy_pipeline.check_targets import latest_materialization
 from alloy_pipeline.lake import LakeResource, ManifestError
 from alloy_pipeline.naming import raw_key, snapshot_key
+from alloy_pipeline.partitions import DAYS_TAG, ranged_run_tags
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, out_of_date
 
 CASCADE_TAG = "alloy_pipeline/cascade"
@@ -91,17 +93,71 @@ def _rebuild(query: str, stale: dict[dt.date, list[str]], last: dt.date) -> dg.R
     return dg.RunRequest(
         run_key=f"{query}:{first.isoformat()}:{last.isoformat()}:{digest}",
         asset_selection=[snapshot_key(query)],
-        tags={
-            "dagster/asset_partition_range_start": first.isoformat(),
-            "dagster/asset_partition_range_end": last.isoformat(),
-            CASCADE_TAG: query,
-            CAUSE_TAG: cause[:4000],
-        },
+        tags={**ranged_run_tags(first.isoformat(), last.isoformat()), CASCADE_TAG: query, CAUSE_TAG: cause[:4000]},
+    )
+
+
+def _days(days: Sequence[dt.date]) -> str:
+    return f"{len(days)} day{'s' if len(days) != 1 else ''} ({min(days).isoformat()}..{max(days).isoformat()})"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one tick did for one query: its flags, its rebuild, and the line that says so in the tick's log."""
+
+    flags: list[dg.AssetCheckEvaluation]
+    request: dg.RunRequest | None
+    report: str
+    failed: bool = False
+
+
+def _check_query(
+    context: dg.SensorEvaluationContext, lake: LakeResource, query: str, cursor: _Cursor, *, enabled: bool
+) -> _Outcome:
+    newest = (_newest(context.instance, raw_key(query)), _newest(context.instance, snapshot_key(query)))
+    if cursor.seen.get(query) == newest:
+        return _Outcome([], None, f"{query}: nothing materialised since its last check")
+    try:
+        snapshots = lake.snapshot_manifests(query)
+        stale = out_of_date(query, snapshots, lake.raw_manifests(query))
+    except ManifestError as error:
+        return _Outcome(
+            [_unreadable(context.instance, query, error)],
+            None,
+            f"{query}: not checked for out-of-date snapshots, and checked again next tick: {error}",
+            failed=True,
+        )
+    reported = cursor.flagged.get(query, {})
+    flags = [
+        _flag(context.instance, query, day, changes)
+        for day, changes in stale.items()
+        if reported.get(day.isoformat()) != changes
+    ]
+    cursor.flagged[query] = {day.isoformat(): changes for day, changes in stale.items()}
+    checked = f"{query}: {_days([snapshot.day for snapshot in snapshots])} checked" if snapshots else ""
+    if not stale:
+        cursor.seen[query] = newest
+        return _Outcome(flags, None, f"{checked}, none out of date" if snapshots else f"{query}: no snapshot yet")
+    found = f"{checked}, {_days(list(stale))} out of date ({len(flags)} newly flagged); first {min(stale)}: " + (
+        "; ".join(stale[min(stale)])
+    )
+    if _cascade_active(context.instance, query):
+        return _Outcome(flags, None, f"{found}. A rebuild of {query} is queued or running: none requested")
+    cursor.seen[query] = newest
+    if not enabled:
+        return _Outcome(flags, None, f"{found}. Flagged only: rebuilds are switched off (ALLOY_CASCADE=off)")
+    request = _rebuild(query, stale, max(snapshot.day for snapshot in snapshots))
+    return _Outcome(
+        flags, request, f"{found}. Requested the rebuild {request.tags[DAYS_TAG]} (run key {request.run_key})"
     )
 
 
 def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorDefinition:
-    """The sensor over `queries`; with `enabled` false it still flags, and requests nothing."""
+    """The sensor over `queries`; with `enabled` false it still flags, and requests nothing.
+
+    Each tick logs one line per query (what it checked, flagged and requested, or why not), so a
+    healthy tick reads differently from a broken one on the sensor's page.
+    """
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -119,28 +175,10 @@ def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorD
         requests: list[dg.RunRequest] = []
         flags: list[dg.AssetCheckEvaluation] = []
         for query in queries:
-            newest = (_newest(context.instance, raw_key(query)), _newest(context.instance, snapshot_key(query)))
-            if cursor.seen.get(query) == newest:
-                continue
-            try:
-                snapshots = lake.snapshot_manifests(query)
-                stale = out_of_date(query, snapshots, lake.raw_manifests(query))
-            except ManifestError as error:
-                context.log.error(f"query {query} was not checked for out-of-date snapshots: {error}")
-                flags.append(_unreadable(context.instance, query, error))
-                continue
-            reported = cursor.flagged.get(query, {})
-            flags += [
-                _flag(context.instance, query, day, changes)
-                for day, changes in stale.items()
-                if reported.get(day.isoformat()) != changes
-            ]
-            cursor.flagged[query] = {day.isoformat(): changes for day, changes in stale.items()}
-            if _cascade_active(context.instance, query):
-                continue
-            cursor.seen[query] = newest
-            if stale and enabled:
-                requests.append(_rebuild(query, stale, max(snapshot.day for snapshot in snapshots)))
+            outcome = _check_query(context, lake, query, cursor, enabled=enabled)
+            (context.log.error if outcome.failed else context.log.info)(outcome.report)
+            flags += outcome.flags
+            requests += [outcome.request] if outcome.request else []
         return dg.SensorResult(run_requests=requests, asset_events=flags, cursor=cursor.model_dump_json())
 
     return alloy_cascade_sensor

@@ -9,10 +9,22 @@ import dagster as dg
 
 LONDON = "Europe/London"
 """Alloy's councils work in London time: a day's partition is a London day, and schedules run on it."""
+DAYS_TAG = "alloy_pipeline/days"
+"""On a ranged run: its days, where the runs list shows it (Dagster's own range tags it keeps out of sight)."""
 
 
 def daily_partitions(start: str) -> dg.DailyPartitionsDefinition:
     return dg.DailyPartitionsDefinition(start_date=start, timezone=LONDON)
+
+
+def ranged_run_tags(first: str, last: str) -> dict[str, str]:
+    """The tags of a run over the days `first` to `last`: Dagster's, which make it one ranged run, and a label."""
+    count = (dt.date.fromisoformat(last) - dt.date.fromisoformat(first)).days + 1
+    return {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+        DAYS_TAG: f"{first}..{last} ({count} day{'s' if count != 1 else ''})",
+    }
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from alloy_pipeline.definitions import build_query_definitions
 from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest
 from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.naming import raw_key
-from alloy_pipeline.partitions import daily_partitions
+from alloy_pipeline.partitions import daily_partitions, ranged_run_tags
 from alloy_pipeline.spark import SparkResource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ class Pipeline:
             selection=dg.AssetSelection.groups("alloy_snapshot"),
             resources=self.resources(),
             instance=self.instance,
-            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last},
+            tags=ranged_run_tags(first, last),
             raise_on_error=raise_on_error,
         )
 

@@ -70,7 +70,7 @@ from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import LakeResource, SnapshotManifest
 from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.naming import raw_key
-from alloy_pipeline.partitions import daily_partitions
+from alloy_pipeline.partitions import daily_partitions, ranged_run_tags
 from alloy_pipeline.spark import SparkResource, connect_session, connected
 
 REPO = Path(__file__).resolve().parents[1]
@@ -612,11 +612,7 @@ class Materializer:
         self, group: str, *, day: str | None = None, days: Sequence[str] = (), config: dict | None = None
     ) -> tuple[Window, dg.ExecuteInProcessResult]:
         """One run of `day`, or one ranged run over `days` (as a backfill under the assets' policy)."""
-        tags = (
-            {"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]}
-            if days
-            else None
-        )
+        tags = ranged_run_tags(days[0], days[-1]) if days else None
         assets, resources = self.workspace.assets(), self.workspace.resources(self.alloy_url, self.remote)
         return timed(
             lambda: dg.materialize(
