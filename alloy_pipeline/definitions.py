@@ -17,6 +17,7 @@ from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.lake import ALLOY_PREFIX, LakeResource
 from alloy_pipeline.mapping import MappingResource
 from alloy_pipeline.partitions import daily_partitions
+from alloy_pipeline.query_settings import QuerySettings, load_settings
 from alloy_pipeline.schedules import build_schedules
 from alloy_pipeline.spark import SparkResource
 
@@ -44,12 +45,17 @@ def build_query_definitions(
     *,
     days_per_run: int = int(DEFAULT_SNAPSHOT_DAYS_PER_RUN),
     siblings: Sequence[AqsQuery] = (),
+    settings: QuerySettings | None = None,
+    catalog: CatalogResource | None = None,
 ) -> dg.Definitions:
-    """Everything one AQS file contributes to the code location (`siblings`: the other files)."""
+    """Everything one AQS file contributes to the code location (`siblings`: the other files;
+    `settings`: its section of the folder's pipeline.toml; `catalog`: where its tables are registered)."""
     return dg.Definitions(
         assets=[
-            build_raw_asset(query, partitions),
-            build_snapshot_asset(query, partitions, days_per_run=days_per_run, siblings=siblings),
+            build_raw_asset(query, partitions, settings=settings, catalog=catalog),
+            build_snapshot_asset(
+                query, partitions, days_per_run=days_per_run, siblings=siblings, settings=settings, catalog=catalog
+            ),
         ]
     )
 
@@ -96,6 +102,15 @@ def cascade_enabled() -> bool:
     return value == "on"
 
 
+def schedules_running() -> bool:
+    """`ALLOY_SCHEDULES`: `on` starts the daily and weekly schedules running; `off` (the default) leaves
+    them for someone to turn on in the UI, so a new deployment requests nothing from Alloy by itself."""
+    value = os.environ.get("ALLOY_SCHEDULES", "off").strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError(f"ALLOY_SCHEDULES must be on or off, not {value!r}")
+    return value == "on"
+
+
 def aqs_folder() -> Path:
     """`ALLOY_AQS_DIR`: the folder of AQS files the code location builds its assets from."""
     return Path(os.environ.get("ALLOY_AQS_DIR", "aqs_queries"))
@@ -104,14 +119,26 @@ def aqs_folder() -> Path:
 def build_definitions() -> dg.Definitions:
     """The whole code location, from the environment as it is now."""
     queries = load_queries(aqs_folder())
+    settings = load_settings(aqs_folder(), queries)
     partitions = daily_partitions(os.environ.get("ALLOY_PARTITIONS_START", DEFAULT_PARTITIONS_START))
     days_per_run = int(os.environ.get("ALLOY_SNAPSHOT_DAYS_PER_RUN", DEFAULT_SNAPSHOT_DAYS_PER_RUN))
+    resources = build_resources()
     return dg.Definitions.merge(
-        *(build_query_definitions(query, partitions, days_per_run=days_per_run, siblings=queries) for query in queries),
-        build_schedules([query.slug for query in queries], partitions),
+        *(
+            build_query_definitions(
+                query,
+                partitions,
+                days_per_run=days_per_run,
+                siblings=queries,
+                settings=settings[query.slug],
+                catalog=resources["catalog"],
+            )
+            for query in queries
+        ),
+        build_schedules([query.slug for query in queries], partitions, running=schedules_running()),
         dg.Definitions(sensors=[build_cascade_sensor([query.slug for query in queries], enabled=cascade_enabled())]),
         dg.Definitions(
-            resources=build_resources(),
+            resources=resources,
             executor=build_executor(
                 int(os.environ.get("ALLOY_MAX_CONCURRENT_EXPORTS", DEFAULT_MAX_CONCURRENT_EXPORTS))
             ),

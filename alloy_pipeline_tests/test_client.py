@@ -79,10 +79,21 @@ def test_export_round_trip(simulator, request_body, tmp_path, caplog) -> None:
     with main.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][0] == "Item ID"
-    assert len(rows) - 1 == simulator.dataset.count("designs_wasteContainerJob")
+    assert len(rows) - 1 == simulator.dataset.count("designs_wasteContainerJob") == export.processed == export.total
     assert [path.name for path in tmp_path.iterdir()] == ["csv"], "the zip is removed once extracted"
     assert f"Alloy export task {export.task_id}: Complete" in caplog.text
     assert_key_never_leaked(simulator, caplog)
+
+
+@pytest.mark.parametrize("state", [{}, {"processState": None}, {"processState": {}}])
+def test_a_finished_task_without_counts_reports_none_not_zero(simulator, request_body, state) -> None:
+    """No count is not a count of 0: the raw asset's row-count check must not read it as an empty export."""
+    with client(simulator) as alloy:
+        task_id = alloy.start_export(request_body)
+        alloy.wait_for(task_id)
+        simulator.inject(Fault("reply", endpoint="task", body=json.dumps({"task": {"status": "Complete", **state}})))
+        finished = alloy.wait_for(task_id)
+    assert (finished.processed, finished.total) == (None, None)
 
 
 def test_waits_for_a_slow_task_logging_progress(simulator, request_body, tmp_path, caplog) -> None:

@@ -6,17 +6,29 @@ import json
 from pathlib import Path
 
 import boto3
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from alloy_pipeline.alloy.client import Export
 from alloy_pipeline.alloy.simulator import AlloySimulator, Fault, demo_dataset
-from alloy_pipeline.assets.raw import convert_tables, import_stamp
-from alloy_pipeline.lake import LakeResource
+from alloy_pipeline.assets.raw import (
+    ROW_COUNT_CHECK,
+    UNIQUE_ITEM_ID_CHECK,
+    convert_tables,
+    import_stamp,
+    row_count_check,
+    unique_item_id_check,
+)
+from alloy_pipeline.lake import LakeResource, TableOutput
 from alloy_pipeline.naming import raw_key
 from alloy_pipeline.partitions import Day
 from alloy_pipeline_tests.harness import API_KEY, RUN_TIME_COLUMNS, Pipeline, failure_text, rows_of
 
 GRAFFITI = "designs_graffitiReport"
 STATUS = "attributes_graffitiStatus"
+RAW_CHECKS = (ROW_COUNT_CHECK, UNIQUE_ITEM_ID_CHECK)
 
 
 def exports_sent(simulator: AlloySimulator) -> list[dict]:
@@ -61,6 +73,19 @@ def test_full_then_incremental_keeping_the_query_filter(pipeline: Pipeline) -> N
 
     materialization = first.asset_materializations_for_node(raw_key("graffiti_reports").to_python_identifier())[0]
     assert materialization.metadata["dagster/row_count"].value == day1.tables["graffiti_reports"].rows
+    counted = next(
+        evaluation
+        for evaluation in first.get_asset_check_evaluations()
+        if evaluation.asset_key == raw_key("graffiti_reports") and evaluation.check_name == ROW_COUNT_CHECK
+    )
+    assert counted.passed and counted.partition == "2024-03-01"
+    assert counted.metadata["rows"].value == counted.metadata["alloy_processed"].value == len(open_graffiti(simulator))
+    for query in ("dw_container_job", "graffiti_reports", "gully_inspections"):
+        for check in RAW_CHECKS:
+            assert pipeline.check_status_by_day(raw_key(query), check) == {
+                "2024-03-01": "SUCCEEDED",
+                "2024-03-02": "SUCCEEDED",
+            }, (query, check)
     assert materialization.metadata["extract_kind"].value == "full"
     assert materialization.metadata["task_id"].value == day1.task_id
     for body in exports_sent(simulator):
@@ -165,6 +190,65 @@ def test_full_refresh_config_forces_a_full_extract(pipeline: Pipeline) -> None:
     day2 = pipeline.raw_manifest("gully_inspections", "2024-03-02")
     assert day2.kind == "full" and day2.watermark is None
     assert day2.tables["gully_inspections"].rows == pipeline.simulator.dataset.count("designs_gullyInspection")
+
+
+def test_a_task_that_miscounts_its_items_fails_the_row_count_check_and_keeps_the_day(pipeline: Pipeline) -> None:
+    """Alloy said it processed one root item more than its zip holds: the day fails
+    row_count_matches_alloy, on its own partition, and stays committed as received (non-blocking)."""
+    pipeline.keep_only("Gully Inspections")
+    pipeline.simulator.inject(Fault("miscounted_task", miscount=1))
+    result = pipeline.run("2024-03-01", group="alloy_raw")
+
+    manifest = pipeline.raw_manifest("gully_inspections", "2024-03-01")
+    assert result.success and manifest is not None
+    rows = manifest.tables["gully_inspections"].rows
+    evaluations = {evaluation.check_name: evaluation for evaluation in result.get_asset_check_evaluations()}
+    miscounted = evaluations[ROW_COUNT_CHECK]
+    assert not miscounted.passed and miscounted.severity == dg.AssetCheckSeverity.ERROR
+    assert {name: value.value for name, value in miscounted.metadata.items()} == {
+        "rows": rows,
+        "alloy_processed": rows + 1,
+        "alloy_total": rows + 1,
+    }
+    unique = evaluations[UNIQUE_ITEM_ID_CHECK]
+    assert unique.passed and unique.metadata["rows"].value == rows and unique.metadata["duplicated_item_ids"].value == 0
+    assert pipeline.check_status_by_day(raw_key("gully_inspections"), ROW_COUNT_CHECK) == {"2024-03-01": "FAILED"}
+    assert pipeline.check_status_by_day(raw_key("gully_inspections"), UNIQUE_ITEM_ID_CHECK) == {
+        "2024-03-01": "SUCCEEDED"
+    }
+    latest = pipeline.instance.get_latest_asset_check_evaluation_record(
+        dg.AssetCheckKey(raw_key("gully_inspections"), ROW_COUNT_CHECK)
+    )
+    assert latest is not None and (latest.partition, latest.status.value, latest.run_id) == (
+        "2024-03-01",
+        "FAILED",
+        result.run_id,
+    )
+
+
+def test_a_task_without_a_count_passes_the_row_count_check_saying_so() -> None:
+    """Alloy's processState may be missing: nothing to compare is not a wrong extract."""
+    export = Export("5f0c", dt.datetime(2024, 3, 1, tzinfo=dt.UTC), (), 1, 0.0, 0.0, processed=None, total=None)
+    result = row_count_check(12, export)
+    assert result.passed and "no processed count for task 5f0c" in (result.description or "")
+    assert result.metadata["alloy_processed"] == dg.MetadataValue.null()
+    assert not row_count_check(12, Export("5f0c", export.requested_at, (), 1, 0.0, 0.0, processed=11)).passed
+
+
+def test_repeated_and_missing_item_ids_fail_the_unique_check_naming_a_few(spark, tmp_path: Path) -> None:
+    """More repeats than it names: the check counts them all, and the rows without an id."""
+    ids = [f"{index:02d}" for index in range(8)]
+    (tmp_path / "main").mkdir()
+    pq.write_table(pa.table({"item_id": ["solo", *ids, *ids, None]}), tmp_path / "main" / "part-0.parquet")
+    main = TableOutput(path=str(tmp_path / "main"), rows=18, column_types=(("item_id", "string"),))
+    result = unique_item_id_check(spark, main)
+    assert not result.passed
+    assert {name: value.value for name, value in result.metadata.items()} == {
+        "rows": 18,
+        "duplicated_item_ids": 8,
+        "examples": ids[:5],
+        "rows_without_item_id": 1,
+    }
 
 
 def test_api_key_from_secrets_manager(pipeline: Pipeline, aws: str) -> None:

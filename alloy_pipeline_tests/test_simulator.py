@@ -1009,6 +1009,19 @@ def test_slow_task_reports_progress_then_completes(sim: AlloySimulator, client: 
     download(client, task_id)
 
 
+@pytest.mark.parametrize("miscount", [2, -1])
+def test_miscounted_task_reports_other_than_the_rows_its_zip_holds(
+    sim: AlloySimulator, client: httpx.Client, miscount: int
+) -> None:
+    sim.inject(Fault("miscounted_task", miscount=miscount))
+    task_id = start(client, example("Gully Inspections"))
+    counted = finish(client, task_id)
+    rows = len(main_rows(zipfile.ZipFile(io.BytesIO(download(client, task_id))))) - 1
+    assert rows == sim.dataset.count(GULLIES)
+    assert counted["processState"] == {"processed": rows + miscount, "total": rows + miscount}
+    assert finish(client, start(client, example("Gully Inspections")))["processState"]["processed"] == rows
+
+
 def test_a_build_that_breaks_fails_the_task(
     sim: AlloySimulator, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1029,6 +1042,8 @@ def test_faults_are_validated() -> None:
         Fault("slow_task", seconds=0)
     with pytest.raises(ValueError, match="slow_download"):
         Fault("slow_download", seconds=-1)
+    with pytest.raises(ValueError, match="miscounted_task"):
+        Fault("miscounted_task", miscount=0)
     with pytest.raises(ValueError):
         Fault("disconnect", times=0)
 

@@ -83,8 +83,18 @@ class _Reply(BaseModel):
 
 
 class _ProcessState(_Reply):
-    processed: int = 0
-    total: int = 0
+    """A task's progress in root items; a count Alloy leaves out is None, not 0, so that no check
+    reads an absent count as an empty export."""
+
+    processed: int | None = None
+    total: int | None = None
+
+    def describe(self) -> str:
+        return f"{_count(self.processed)}/{_count(self.total)} processed"
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
 
 
 class _Task(_Reply):
@@ -239,6 +249,11 @@ class Export:
     archive_bytes: int
     wait_seconds: float
     download_seconds: float
+    processed: int | None = None
+    """The root items Alloy said the finished task processed (its last `processState`), which the
+    raw asset's row-count check compares with the main table; None when Alloy reported none."""
+    total: int | None = None
+    """The root items Alloy said the task had to process; None when Alloy reported none."""
 
 
 class AlloyClient:
@@ -309,17 +324,20 @@ class AlloyClient:
     def _redacted(self, text: str) -> str:
         return _redacted(text, self._http.headers.get("Authorization", ""))
 
-    def wait_for(self, task_id: str) -> None:
+    def wait_for(self, task_id: str) -> _ProcessState:
         """Poll the task with growing delays until it completes; raise if it fails or times out.
 
-        A poll that fails for a transient reason (429, 5xx or the network, after the transport's
-        retries) is logged and repeated at the next delay: the export may have run for hours.
+        Returns the completed task's `processState` (its counts None when Alloy sent none): the
+        only word Alloy gives on how many items the export holds. A poll that fails for a
+        transient reason (429, 5xx or the network, after the transport's retries) is logged and
+        repeated at the next delay: the export may have run for hours.
         """
         started = time.monotonic()
         for delay in self._poll.delays():
-            state = self._poll_once(task_id)
-            if state == "Complete":
-                return
+            task = self._poll_once(task_id)
+            if task is not None and task.status == "Complete":
+                return task.process_state or _ProcessState()
+            state = task.status if task else "unreachable"
             elapsed = time.monotonic() - started
             if elapsed + delay > self._poll.timeout_seconds:
                 raise AlloyError(
@@ -328,22 +346,20 @@ class AlloyClient:
                 )
             self._sleep(delay)
 
-    def _poll_once(self, task_id: str) -> str:
-        """The task's status, or why it could not be read this time; raises if the task ended badly."""
+    def _poll_once(self, task_id: str) -> _Task | None:
+        """The task, or None when it could not be read this time; raises if the task ended badly."""
         try:
             task = self.task(task_id)
         except AlloyUnavailable as error:
             self._logger.warning("%s; polling again", error)
-            return "unreachable"
+            return None
         progress = task.process_state or _ProcessState()
-        self._logger.info(
-            "Alloy export task %s: %s (%d/%d processed)", task_id, task.status, progress.processed, progress.total
-        )
+        self._logger.info("Alloy export task %s: %s (%s)", task_id, task.status, progress.describe())
         if task.status in FAILED_STATUSES:
             raise AlloyTaskError(task_id, task.status, task.error or "")
         if task.status != "Complete" and task.status not in IN_PROGRESS_STATUSES:
             self._logger.warning("Alloy export task %s: unknown status %r; polling again", task_id, task.status)
-        return task.status
+        return task
 
     def download(self, task_id: str, target: Path, *, max_archive_bytes: int) -> int:
         """Stream the export's zip to `target` in constant memory; return its size in bytes.
@@ -401,7 +417,7 @@ class AlloyClient:
         task_id = self.start_export(request)
         self._logger.info("Alloy export started: task %s for %s", task_id, request.file_name)
         waiting = time.monotonic()
-        self.wait_for(task_id)
+        finished = self.wait_for(task_id)
         downloading = time.monotonic()
         archive = workdir / ARCHIVE_NAME
         try:  # the zip goes whatever happens: a refused download may be as large as the cap
@@ -419,6 +435,8 @@ class AlloyClient:
             archive_bytes=size,
             wait_seconds=downloading - waiting,
             download_seconds=time.monotonic() - downloading,
+            processed=finished.processed,
+            total=finished.total,
         )
 
 

@@ -23,8 +23,9 @@ from alloy_pipeline.check_targets import latest_materialization
 from alloy_pipeline.frames import rename_columns, stamp_columns
 from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingNames, MappingResource, stale_files
-from alloy_pipeline.naming import raw_key, snapshot_key
+from alloy_pipeline.naming import raw_key, snapshot_key, table_slug
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.query_settings import QuerySettings
 from alloy_pipeline.snapshot_merge import (
     MergeCounts,
     RawKeys,
@@ -431,14 +432,17 @@ def build_snapshot_asset(
     *,
     days_per_run: int,
     siblings: Sequence[AqsQuery] = (),
+    settings: QuerySettings | None = None,
+    catalog: CatalogResource | None = None,
 ) -> dg.AssetsDefinition:
-    """The daily snapshot asset of one AQS query, with its checks.
+    """The daily snapshot asset of one AQS query, with its checks, owners, tags and freshness.
 
     A backfill runs up to `days_per_run` days in one run: starting Spark and the run costs more
     than a day's merge. Each day depends on the day before, so Dagster launches those runs one
     at a time, in date order, each once the day before its first is materialized. `siblings` are
     the code location's other queries, whose mapping files this one must not call stale.
     """
+    settings, catalog = settings or QuerySettings(), catalog or CatalogResource()
     sibling_names = tuple(MappingNames.of(other) for other in siblings if other.slug != query.slug)
     if days_per_run < 1:
         raise ValueError(
@@ -456,7 +460,16 @@ def build_snapshot_asset(
             partitions_def=partitions,
             group_name="alloy_snapshot",
             kinds={"spark", "parquet"},
-            description=f"Daily snapshot of `{query.path.name}`: one row per live item, columns renamed.",
+            description=(
+                f"Daily snapshot of `{query.path.name}`: one row per live item, columns renamed by the table's "
+                f"mapping file. Due by {settings.fresh_by:%H:%M} London time for the day just ended."
+            ),
+            metadata={
+                "dagster/table_name": catalog.table_name(REFINED, query.slug, table_slug(query.request.file_name))
+            },
+            owners=list(settings.owners),
+            tags=settings.tags,
+            freshness_policy=settings.freshness,
             deps=[
                 dg.AssetDep(raw_key(query.slug)),
                 dg.AssetDep(key, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)),

@@ -52,6 +52,7 @@ FaultKind = Literal[
     "corrupt_zip",
     "zip_bomb",
     "slow_task",
+    "miscounted_task",
 ]
 Endpoint = Literal["export", "task", "export_file", "file", "any"]
 _REQUEST_FAULTS = ("status", "disconnect", "reply")
@@ -91,6 +92,9 @@ class Fault:
     - `corrupt_zip`: the next exports' file endpoint serves a truncated zip.
     - `zip_bomb`: the next exports' file is a small zip that expands a thousandfold, to zeros.
     - `slow_task`: the next exports' tasks take `seconds`.
+    - `miscounted_task`: the next exports' tasks report `miscount` more root items in their
+      `processState` (`processed` and `total`; negative: fewer) than their zips hold, as when an
+      item is deleted between Alloy counting and writing it.
     """
 
     kind: FaultKind
@@ -103,6 +107,7 @@ class Fault:
     seconds: float = 1.0
     body: str = ""
     content_type: str = "application/json"
+    miscount: int = 1
 
     def __post_init__(self) -> None:
         if self.times < 1:
@@ -111,6 +116,8 @@ class Fault:
             raise ValueError("a status fault needs a 4xx or 5xx status")
         if self.kind in ("slow_task", "slow_download") and self.seconds <= 0:
             raise ValueError(f"a {self.kind} fault takes more than 0 seconds")
+        if self.kind == "miscounted_task" and self.miscount == 0:
+            raise ValueError("a miscounted_task fault miscounts by at least one item")
 
 
 @dataclass
@@ -134,6 +141,7 @@ class _Task:
     outcome: Literal["Complete", "Failed", "Deleted"]
     error: str | None
     archive_fault: FaultKind | None  # one of _ARCHIVE_FAULTS
+    miscount: int = 0  # added to the root items counted: a miscounted_task fault
     progress: Progress = field(default_factory=Progress)
     cancel: threading.Event = field(default_factory=threading.Event)
     built: threading.Event = field(default_factory=threading.Event)
@@ -163,7 +171,7 @@ class _Task:
         take, counted from the request (Queued for their first quarter). It ends once both have
         run out: only then does the outcome (Complete, or a scripted Failed/Deleted) show.
         """
-        total = self.progress.total or 0
+        total = max(0, self.progress.total + self.miscount) if self.progress.total is not None else 0
         fraction = min(1.0, (now - self.started) / self.seconds) if self.seconds > 0 else 1.0
         if self.built.is_set():
             if self.build_error:
@@ -420,6 +428,7 @@ class AlloySimulator:
                 return _error(503, "ServiceUnavailable", "the simulator is stopping")
             ending = self._take_fault(("failed_task", "deleted_task"))
             slow = self._take_fault(("slow_task",))
+            miscounted = self._take_fault(("miscounted_task",))
             task_id = _object_id()
             task = _Task(
                 id=task_id,
@@ -430,6 +439,7 @@ class AlloySimulator:
                 outcome=_outcome(ending),
                 error=ending.message if ending else None,
                 archive_fault=_kind(self._take_fault(_ARCHIVE_FAULTS)),
+                miscount=miscounted.miscount if miscounted else 0,
             )
             task.thread = threading.Thread(
                 target=task.build,
