@@ -114,6 +114,7 @@ class _Outcome:
 def _check_query(
     context: dg.SensorEvaluationContext, lake: LakeResource, query: str, cursor: _Cursor, *, enabled: bool
 ) -> _Outcome:
+    """One query's part of a tick; it records what it saw and flagged in `cursor`."""
     newest = (_newest(context.instance, raw_key(query)), _newest(context.instance, snapshot_key(query)))
     if cursor.seen.get(query) == newest:
         return _Outcome([], None, f"{query}: nothing materialised since its last check")

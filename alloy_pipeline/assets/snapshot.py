@@ -440,7 +440,8 @@ def build_snapshot_asset(
     A backfill runs up to `days_per_run` days in one run: starting Spark and the run costs more
     than a day's merge. Each day depends on the day before, so Dagster launches those runs one
     at a time, in date order, each once the day before its first is materialized. `siblings` are
-    the code location's other queries, whose mapping files this one must not call stale.
+    the code location's other queries, whose mapping files this one must not call stale;
+    `settings` its owners, tags and deadline (`pipeline.toml`); `catalog` names its table.
     """
     settings, catalog = settings or QuerySettings(), catalog or CatalogResource()
     sibling_names = tuple(MappingNames.of(other) for other in siblings if other.slug != query.slug)
