@@ -2,10 +2,14 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-demo dev: export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+# The demo's and dev's data folder: lake, engine, catalog and the Dagster instance (DATA/dagster_home,
+# whatever DAGSTER_HOME says). Ports of the Dagster UI, the Alloy simulator and the Spark engine.
+DATA ?= data
+DAGSTER_PORT ?= 3000
 SIMULATOR_PORT ?= 8765
+ENGINE_PORT ?= 15002
 
-.PHONY: install demo test sql bench dev engine engine-stop clean
+.PHONY: install demo test system sql bench dev engine engine-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,34 +22,33 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/alloy-pipeline demo
+	$(BIN)/alloy-pipeline demo --data $(DATA) --engine-port $(ENGINE_PORT)
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+# The slow tests: `make demo` and `make dev` as a user runs them (setup.cfg keeps them out of `make test`).
+system: $(STAMP)
+	$(BIN)/python -m pytest -m system
+
 sql: $(STAMP)
-	$(BIN)/alloy-pipeline sql "$(q)"
+	$(BIN)/alloy-pipeline sql "$(q)" --data $(DATA)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --items 100000 1000000 3000000 --write docs/benchmarks.md
 
 engine: $(STAMP)
-	$(BIN)/alloy-pipeline engine start
+	$(BIN)/alloy-pipeline engine start --data $(DATA) --port $(ENGINE_PORT)
 
 engine-stop: $(STAMP)
-	$(BIN)/alloy-pipeline engine stop
+	$(BIN)/alloy-pipeline engine stop --data $(DATA)
 
+# One command, no shell around it: make runs it directly, so Ctrl-C or SIGTERM reaches it, and it
+# stops dagster dev in order (see `dev` in alloy_pipeline/cli.py).
 dev: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
-	[ -f $(DAGSTER_HOME)/dagster.yaml ] || cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
-	remote=$$($(BIN)/alloy-pipeline engine start) || exit 1; \
-	echo "dagster dev steps are clients of the Spark engine at $${remote%%/;*}; it stays running afterwards (make engine-stop)"; \
-	$(BIN)/python -m alloy_pipeline.alloy.simulator --port $(SIMULATOR_PORT) --api-key demo-key --aqs-dir "$${ALLOY_AQS_DIR:-aqs_queries}" & sim=$$!; \
-	trap "kill $$sim" EXIT INT TERM; \
-	SPARK_REMOTE=$$remote ALLOY_API_URL=http://127.0.0.1:$(SIMULATOR_PORT) ALLOY_API_KEY=demo-key $(BIN)/dagster dev
+	$(BIN)/alloy-pipeline dev --data $(DATA) --port $(DAGSTER_PORT) --simulator-port $(SIMULATOR_PORT) --engine-port $(ENGINE_PORT)
 
 clean:
 	if [ -x $(BIN)/alloy-pipeline ]; then $(BIN)/alloy-pipeline engine stop; fi

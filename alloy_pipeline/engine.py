@@ -449,7 +449,13 @@ def _log_tail(log: Path, characters: int = 3000) -> str:
 
 
 def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> tuple[int, Path]:
-    """Launch the server in the background (`start-connect-server.sh`); return its pid and log."""
+    """Launch the server in the background (`start-connect-server.sh`); return its pid and log.
+
+    The launcher runs in a session of its own, and so does the JVM it leaves behind: a signal to
+    the process group of whoever started it (Ctrl-C or SIGTERM to `make dev` or `make demo`) must
+    not reach the engine, which `stop` ends (or the last `running()` block, for an engine it
+    started); `spark-daemon.sh`'s nohup shields it from SIGHUP alone.
+    """
     spark_home = Path(pyspark.__file__).parent
     logs = settings.home.resolve() / "logs"
     environment = server_environment(inherited, _new_token(settings)) | {
@@ -472,6 +478,7 @@ def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> tuple[int
         text=True,
         timeout=120,
         check=False,
+        start_new_session=True,
     )
     logs_found = sorted(logs.glob(f"spark-{IDENT}-{SERVER_CLASS}-1-*.out"))
     log = logs_found[-1] if logs_found else logs / "unknown.out"
