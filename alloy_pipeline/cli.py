@@ -8,20 +8,26 @@ import datetime as dt
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-from pydantic import BaseModel, ConfigDict, ValidationError
 from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline import engine
 from alloy_pipeline.aqs import load_queries
+from alloy_pipeline.demo_instance import (
+    DEMO_API_KEY,
+    INSTANCE_FOLDER,
+    DemoRecord,
+    example_queries,
+    fresh_demo_instance,
+    make_data_option,
+)
+from alloy_pipeline.dev_server import dev
 from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import RAW, REFINED, LakeResource
 from alloy_pipeline.mapping import MappingError, MappingNames, MappingResource, unmatched_files
@@ -30,18 +36,6 @@ from alloy_pipeline.partitions import LONDON, Day, ranged_run_tags
 from alloy_pipeline.spark import connected
 from alloy_pipeline.tables import read_table
 
-DEMO_API_KEY = "demo-key"
-INSTANCE_FOLDER = "dagster_home"
-"""The Dagster instance of a data folder, `<data>/dagster_home`: the demo records its runs there and
-`dev` serves it, whatever DAGSTER_HOME says (the demo wipes it, so it must be the demo's own)."""
-DEMO_RECORD = "alloy-demo.json"
-"""The demo's record in its instance folder: its calendar, for `dev`, and the mark that the folder
-is the demo's to wipe."""
-TELEMETRY_FOLDER = ".telemetry"
-"""Dagster's id of an instance, kept when the demo wipes its instance: a new one would print
-Dagster's telemetry notice and welcome on every demo."""
-DEV_STOP_SECONDS = 10.0
-"""How long `dev` lets `dagster dev` shut down in order before it kills what is left of it."""
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Run config that keeps step-by-step DEBUG lines off the terminal (they stay in the run's log)."""
 
@@ -63,100 +57,6 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def _instance() -> dg.DagsterInstance:
     """The instance under DAGSTER_HOME, so `dagster dev` shows the runs; else a throwaway one."""
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
-
-
-class DemoRecord(BaseModel):
-    """What a demo leaves beside its runs, in `<data>/dagster_home/alloy-demo.json`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    partitions_start: dt.date
-    """The demo's first day: `dev` starts the calendar there, so the UI shows the demo's days as all
-    of the partitions, not 3 of a thousand since 2024."""
-    days: list[dt.date]
-
-
-def project_root() -> Path:
-    """The checkout the package is installed from (editable, `make install`): `deploy/` and
-    `workspace.yaml` live there, beside the package, and are not part of it."""
-    return Path(__file__).resolve().parent.parent
-
-
-def instance_config() -> Path:
-    """The project's `deploy/dagster.yaml`, which the demo's and `dev`'s instances run with."""
-    path = project_root() / "deploy" / "dagster.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the instance configuration {path} is missing: `alloy-pipeline demo` and `dev` run from a checkout "
-            "of the repository, installed with `pip install -e .` (`make install`)"
-        )
-    return path
-
-
-def example_queries() -> Path:
-    """The checkout's `aqs_queries/`: the demo's and `dev`'s AQS files when ALLOY_AQS_DIR is unset,
-    from whatever folder they are run."""
-    return project_root() / "aqs_queries"
-
-
-def demo_record(home: Path) -> DemoRecord | None:
-    """The record of the demo whose instance `home` is, or None when no demo made it."""
-    path = home / DEMO_RECORD
-    if home.is_symlink() or not path.is_file():
-        return None
-    try:
-        return DemoRecord.model_validate_json(path.read_text())
-    except ValidationError as error:
-        raise ValueError(f"{path} is not a demo's record ({error.error_count()} errors): remove it") from error
-
-
-def _make_data(data: Path) -> str:
-    """The `DATA=` a make command needs to name the data folder `data` (none for the default)."""
-    return "" if data == Path("data").resolve() else f" DATA={data}"
-
-
-def _fresh_demo_instance(home: Path, record: DemoRecord) -> None:
-    """Make `home` a new, empty instance with the project's configuration and `record`.
-
-    Only a folder a demo made (it holds the demo's record) is wiped. Anything else found there (a
-    folder `make dev` used before demos had records, a link to someone's DAGSTER_HOME) is moved
-    aside, never deleted, and the demo says where.
-    """
-    config = instance_config()
-    if demo_record(home) is not None:
-        for entry in home.iterdir():
-            if entry.name == TELEMETRY_FOLDER:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    elif home.is_dir() and not home.is_symlink() and not any(home.iterdir()):
-        home.rmdir()
-    elif home.exists() or home.is_symlink():
-        aside = home.with_name(f"{home.name}.before-demo-{dt.datetime.now():%Y%m%d-%H%M%S}")
-        home.rename(aside)
-        print(f"Moved {home}, which no demo made, to {aside}: the demo starts its instance afresh")
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config, home / "dagster.yaml")
-    (home / DEMO_RECORD).write_text(record.model_dump_json(indent=2) + "\n")
-
-
-def dev_environment(data: Path, environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment `dev` gives `dagster dev`, less the engine and the simulator: `environ`, with
-    the instance, lake and AQS folder of `data` and the calendar of the demo recorded there.
-
-    The instance is always `<data>/dagster_home`. The others are defaults: a variable set in
-    `environ` (a user's own ALLOY_PARTITIONS_START, say) wins. Paths are absolute, since the
-    code server and run workers need not share the caller's working directory.
-    """
-    home = data / INSTANCE_FOLDER
-    defaults = {"ALLOY_RAW_ZONE": str(data / "raw-zone"), "ALLOY_REFINED_ZONE": str(data / "refined-zone")}
-    record = demo_record(home)
-    if record is not None:
-        defaults["ALLOY_PARTITIONS_START"] = record.partitions_start.isoformat()
-    aqs_dir = Path(environ.get("ALLOY_AQS_DIR") or example_queries()).resolve()
-    return defaults | dict(environ) | {"ALLOY_AQS_DIR": str(aqs_dir), "DAGSTER_HOME": str(home)}
 
 
 def _days(first: dt.date, last: dt.date) -> list[str]:
@@ -243,9 +143,9 @@ def demo(data: Path, days: int, aqs_dir: Path | None = None, engine_port: int = 
     yesterday = dt.datetime.now(ZoneInfo(LONDON)).date() - dt.timedelta(days=1)
     keys = _days(yesterday - dt.timedelta(days=days - 1), yesterday)
     home = data / INSTANCE_FOLDER
-    make_data = _make_data(data)
+    make_data = make_data_option(data)
     calendar = [dt.date.fromisoformat(key) for key in keys]
-    _fresh_demo_instance(home, DemoRecord(partitions_start=calendar[0], days=calendar))
+    fresh_demo_instance(home, DemoRecord(partitions_start=calendar[0], days=calendar))
     print("Starting the Spark engine (a Spark Connect server on loopback)", flush=True)
     settings = EngineSettings.under(data, port=engine_port)
     with ExitStack() as stack:
@@ -306,76 +206,6 @@ def demo(data: Path, days: int, aqs_dir: Path | None = None, engine_port: int = 
         _show(catalog.queryable(spark).sql(" UNION ALL ".join(counts)))
     print(f"Browse the runs, partitions, metadata and checks: `make dev{make_data}`, then open http://127.0.0.1:3000")
     return 0 if identical else 1
-
-
-def dev(data: Path, port: int, simulator_port: int, engine_port: int) -> int:
-    """`make dev`: `dagster dev` on the instance and calendar of `data` (the demo's, see
-    `dev_environment`), against its engine and the simulator, until Ctrl-C or SIGTERM.
-
-    The engine runs in a session of its own (`engine.start`), so it outlives this. The simulator is
-    served from this process. `dagster dev` runs in a session of its own too, and this process
-    stops it: a signal to make's process group would reach dagster dev and each of its children at
-    once, racing dagster dev's own ordered shutdown (it restarts a code server it finds exited, for
-    instance). So a signal here becomes one SIGTERM to dagster dev, which stops its webserver,
-    daemon and code servers in turn; what is left of its session after that, or after
-    `DEV_STOP_SECONDS`, is killed.
-    """
-    from alloy_pipeline.alloy.simulator import AlloySimulator, dataset_for_queries, demo_dataset
-
-    data = data.resolve()
-    environment = dev_environment(data, os.environ)
-    home = Path(environment["DAGSTER_HOME"])
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(instance_config(), home / "dagster.yaml")
-    aqs_dir = Path(environment["ALLOY_AQS_DIR"])
-    dataset = dataset_for_queries((query.request.to_body() for query in load_queries(aqs_dir)), demo_dataset())
-    settings = EngineSettings.under(data, port=engine_port)
-    engine.start(settings)
-    # A plain list, not a threading.Event: a second signal (make forwards its SIGTERM to this
-    # process, which had one of its own) would find Event.set's lock held by the first, forever.
-    received: list[int] = []
-    for each in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(each, lambda signum, frame: received.append(signum))
-    with AlloySimulator(dataset, api_key=DEMO_API_KEY, port=simulator_port, task_seconds=2.0) as simulator:
-        print(
-            f"Instance {home} (partitions from {environment.get('ALLOY_PARTITIONS_START', 'the default start')}); "
-            f"Alloy simulator at {simulator.url} (key {DEMO_API_KEY}); dagster dev steps are clients of the Spark "
-            f"engine at {settings.endpoint}, which stays running afterwards (make engine-stop{_make_data(data)})",
-            flush=True,
-        )
-        environment |= {"SPARK_REMOTE": settings.url, "ALLOY_API_URL": simulator.url, "ALLOY_API_KEY": DEMO_API_KEY}
-        command = [sys.executable, "-m", "dagster", "dev", "--host", "127.0.0.1", "--port", str(port)]
-        workspace = ["--workspace", str(project_root() / "workspace.yaml")]
-        process = subprocess.Popen([*command, *workspace], env=environment, start_new_session=True)
-        try:
-            while process.poll() is None and not received:
-                time.sleep(0.2)
-        finally:
-            _stop_dagster(process)
-    return 0 if received else process.returncode
-
-
-def _stop_dagster(process: subprocess.Popen[bytes]) -> None:
-    """End `dagster dev` (`process`, the leader of its own session) and everything left in its
-    process group: run workers, a code server restarted mid-shutdown."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(DEV_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            print(f"dagster dev did not stop within {DEV_STOP_SECONDS:g} s: killing it", file=sys.stderr)
-    for each, patience in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-        deadline = time.monotonic() + patience
-        try:
-            os.killpg(process.pid, each)
-            while time.monotonic() < deadline:
-                process.poll()
-                os.killpg(process.pid, 0)
-                time.sleep(0.1)
-        except ProcessLookupError:
-            break
-    process.wait()
 
 
 def sql(query: str, data: Path) -> int:

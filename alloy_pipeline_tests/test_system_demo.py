@@ -18,8 +18,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from alloy_pipeline.cli import DEMO_RECORD, INSTANCE_FOLDER, DemoRecord, dev_environment, project_root
 from alloy_pipeline.definitions import build_definitions
+from alloy_pipeline.demo_instance import DEMO_RECORD, INSTANCE_FOLDER, DemoRecord, dev_environment, project_root
 from alloy_pipeline.engine import free_port
 
 pytestmark = [
