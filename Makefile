@@ -38,6 +38,7 @@ sql: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --items 100000 1000000 3000000 --write docs/benchmarks.md
+	$(BIN)/python bench/night.py --queries 11 30 --write docs/benchmarks.md
 
 engine: $(STAMP)
 	$(BIN)/alloy-pipeline engine start --data $(DATA) --port $(ENGINE_PORT)

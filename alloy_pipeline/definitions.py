@@ -11,7 +11,7 @@ import dagster as dg
 from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.aqs import AqsQuery, load_queries
 from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
-from alloy_pipeline.assets.snapshot import build_snapshot_asset
+from alloy_pipeline.assets.snapshot import SNAPSHOT_TAG, build_snapshot_asset
 from alloy_pipeline.cascade import build_cascade_sensor
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.lake import ALLOY_PREFIX, LakeResource
@@ -61,14 +61,62 @@ def build_query_definitions(
 
 
 def build_executor(max_exports: int) -> dg.ExecutorDefinition:
-    """Steps of a run in parallel processes, with at most `max_exports` Alloy exports at once.
+    """Steps of a run in parallel processes: up to `max_exports` Alloy exports in flight, beside up
+    to `engine_steps` snapshot steps, however many cores the machine has.
 
-    Alloy rate-limits per API key, so running every query's export together would only earn
-    429s; snapshots and the Spark work of finished exports still run alongside.
+    A raw step holds its process for its whole export, and most of that is waiting for Alloy.
+    Dagster's default, as many processes as cores, let waiting exports fill every slot: on two
+    cores only two exports were in flight where Alloy allows `max_exports` (its rate limit is per
+    API key), and snapshots queued behind them. So the run has `max_exports + engine_steps`
+    processes, and tag limits split them: export steps (`EXPORT_TAG`) take at most `max_exports`,
+    snapshot steps (`SNAPSHOT_TAG`) at most `engine_steps`, so waiting exports
+    never starve the snapshots, and the engine is never handed more snapshots than it can take.
+    The Spark work of a finished export runs in its raw step's slot.
+
+    Both are the executor's run config (`execution: config:`), `max_exports` by default
+    `ALLOY_MAX_CONCURRENT_EXPORTS` and `engine_steps` the CPU count of the machine the run's process
+    runs on: read when the run starts (it launches the steps), not where the code location loads, so
+    the code location's surface is the same on every machine. An engine on loopback works those
+    cores; give a cluster's engine more. Every step process is a thin Spark Connect client of about
+    250 MB RSS (docs/benchmarks.md, "A night"), so a run's steps hold at most `max_exports +
+    engine_steps` of them: 1.5 GB with 4 exports on two cores.
     """
     if max_exports < 1:
         raise ValueError(f"ALLOY_MAX_CONCURRENT_EXPORTS must be at least 1, not {max_exports}")
-    return dg.multiprocess_executor.configured({"tag_concurrency_limits": [{"key": EXPORT_TAG, "limit": max_exports}]})
+
+    @dg.executor(
+        name="multiprocess",
+        config_schema={
+            "max_exports": dg.Field(int, default_value=max_exports, description="Alloy exports in flight at once."),
+            "engine_steps": dg.Field(
+                dg.Noneable(int),
+                default_value=None,
+                description="Snapshot steps at once; none: the CPU count of the machine the run runs on.",
+            ),
+        },
+        requirements=dg.multiple_process_executor_requirements(),
+    )
+    def alloy_multiprocess(context: dg.InitExecutorContext) -> dg.Executor:
+        exports = context.executor_config["max_exports"]
+        engine_steps = context.executor_config["engine_steps"] or os.cpu_count() or 1
+        if exports < 1 or engine_steps < 1:
+            raise ValueError(f"max_exports and engine_steps must be at least 1, not {exports} and {engine_steps}")
+        limits = [{"key": EXPORT_TAG, "limit": exports}, {"key": SNAPSHOT_TAG, "limit": engine_steps}]
+        config = {
+            "max_concurrent": exports + engine_steps,
+            "tag_concurrency_limits": limits,
+            "retries": {"enabled": {}},
+        }
+        return dg.multiprocess_executor.executor_creation_fn(
+            dg.InitExecutorContext(
+                job=context.job,
+                executor_def=dg.multiprocess_executor,
+                executor_config=config,
+                instance=context.instance,
+            )
+        )
+
+    return alloy_multiprocess
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:

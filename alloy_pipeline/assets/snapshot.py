@@ -37,6 +37,9 @@ from alloy_pipeline.snapshot_merge import (
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
 from alloy_pipeline.tables import read_table, write_together
 
+SNAPSHOT_TAG = "alloy_pipeline/snapshot"
+"""Op tag on every snapshot asset; the executor limits how many such steps of one run run at once."""
+
 
 def snapshot_pool(query: str) -> str:
     """The Dagster concurrency pool of `query`'s snapshot asset, one per query.
@@ -478,6 +481,7 @@ def build_snapshot_asset(
             check_specs=specs,
             backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=days_per_run),
             pool=snapshot_pool(query.slug),
+            op_tags={SNAPSHOT_TAG: "spark"},
             # A ranged run reports each day as it commits it, so a failure leaves the days before it
             # materialized; the output, which Dagster would turn into a materialization of every day
             # of the range once the run ends, is left out.
