@@ -19,7 +19,7 @@ from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.assets.metadata import preview, table_schema
 from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
-from alloy_pipeline.check_targets import latest_materialization
+from alloy_pipeline.check_targets import TargetMaterialization, latest_materialization
 from alloy_pipeline.frames import rename_columns, stamp_columns
 from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, SnapshotTable
 from alloy_pipeline.mapping import MappingNames, MappingResource, stale_files
@@ -334,10 +334,10 @@ def snapshot_one_day(step: SnapshotStep, day: Day) -> Iterator[dg.MaterializeRes
 
 
 def _evaluation(
-    result: dg.AssetCheckResult, spec: dg.AssetCheckSpec, day: Day, instance: dg.DagsterInstance
+    result: dg.AssetCheckResult, spec: dg.AssetCheckSpec, day: Day, target: TargetMaterialization | None
 ) -> dg.AssetCheckEvaluation:
-    """`result` as recorded on `day` and its latest materialization: an AssetCheckResult takes the run's
-    partition and its materialization, and a ranged run has neither."""
+    """`result` as recorded on `day` and `target`, its latest materialization: an AssetCheckResult takes
+    the run's partition and its materialization, and a ranged run has neither."""
     return dg.AssetCheckEvaluation(
         asset_key=spec.asset_key,
         check_name=spec.name,
@@ -347,7 +347,7 @@ def _evaluation(
         description=result.description,
         blocking=spec.blocking,
         partition=day.key,
-        target_materialization_data=latest_materialization(instance, spec.asset_key, day.key),
+        target_materialization_data=target,
     )
 
 
@@ -383,12 +383,14 @@ def snapshot_days(
             committed = build_day(step, plan_snapshot(step.query, day, snapshots, raws), stale)
         except Exception as error:
             if isinstance(error, BlockedSnapshot):
-                yield _evaluation(error.check, specs[error.check.check_name], day, instance)
+                target = latest_materialization(instance, key, day.key)
+                yield _evaluation(error.check, specs[error.check.check_name], day, target)
             raise SnapshotError(_range_failure(step.query, days, index)) from error
         snapshots = [manifest for manifest in snapshots if manifest.day != day.date] + [committed.manifest]
         stale.pop(day.date, None)
         yield dg.AssetMaterialization(asset_key=key, partition=day.key, metadata=committed.metadata)
-        yield from (_evaluation(check, specs[check.check_name], day, instance) for check in committed.checks)
+        target = latest_materialization(instance, key, day.key)
+        yield from (_evaluation(check, specs[check.check_name], day, target) for check in committed.checks)
 
 
 def _check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
