@@ -1,4 +1,5 @@
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,29 @@ def test_refuses_archives_over_the_cap(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def understate(archive: Path, size: int, crc: int) -> None:
+    """Make the only member of `archive` declare `size` uncompressed bytes of CRC `crc`."""
+    with zipfile.ZipFile(archive) as zipped:
+        [info] = zipped.infolist()
+    fields = b"".join(value.to_bytes(4, "little") for value in (crc, info.compress_size, size))
+    patch_headers(archive, local=(14, fields), central=(16, fields))
+
+
 def test_cap_holds_when_declared_sizes_lie(tmp_path: Path) -> None:
+    """The cap is checked on the declared sizes alone: a member that holds more than it declares
+    is read no further, even with a CRC that matches the declared bytes."""
     archive = make_zip(tmp_path / "liar.zip", {"big.csv": b"0" * 10_000})
-    data = bytearray(archive.read_bytes())
-    honest = (10_000).to_bytes(4, "little")
-    data = data.replace(honest, (10).to_bytes(4, "little"))
-    archive.write_bytes(bytes(data))
-    with pytest.raises(ArchiveError):
+    understate(archive, 10, zlib.crc32(b"0" * 10))
+    [extracted] = extract_csvs(archive, tmp_path / "out", max_uncompressed_bytes=100)
+    assert extracted.read_bytes() == b"0" * 10
+
+
+def test_a_member_longer_than_it_declares_fails_its_crc(tmp_path: Path) -> None:
+    archive = make_zip(tmp_path / "liar.zip", {"big.csv": b"0" * 10_000})
+    understate(archive, 10, zlib.crc32(b"0" * 10_000))
+    with pytest.raises(ArchiveError, match="corrupt: BadZipFile: Bad CRC-32"):
         extract_csvs(archive, tmp_path / "out", max_uncompressed_bytes=100)
+    assert not (tmp_path / "out").exists()
 
 
 def test_corrupt_archive_is_a_clear_error(tmp_path: Path) -> None:

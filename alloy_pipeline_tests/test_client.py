@@ -6,6 +6,8 @@ Hostile replies and the API key's safety have their own module, test_hostile_ser
 import csv
 import json
 import logging
+import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,14 +28,29 @@ FAST = PollPolicy(initial_seconds=0.05, growth=1.5, max_seconds=0.4, timeout_sec
 
 
 class RecordingSleep:
-    """A real sleep that remembers how long it was asked to wait."""
+    """A real sleep, of at most `longest` seconds, that remembers how long it was asked to wait."""
 
-    def __init__(self) -> None:
+    def __init__(self, longest: float = 0.5) -> None:
         self.waits: list[float] = []
+        self._longest = longest
 
     def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
-        time.sleep(min(seconds, 0.5))
+        time.sleep(min(seconds, self._longest))
+
+
+class ReleasingSleep(RecordingSleep):
+    """Sets `release` (of a `held_task` fault) once the client has waited `polls` times."""
+
+    def __init__(self, release: threading.Event, polls: int) -> None:
+        super().__init__()
+        self._release = release
+        self._polls = polls
+
+    def __call__(self, seconds: float) -> None:
+        super().__call__(seconds)
+        if len(self.waits) == self._polls:
+            self._release.set()
 
 
 @pytest.fixture
@@ -96,13 +113,18 @@ def test_a_finished_task_without_counts_reports_none_not_zero(simulator, request
     assert (finished.processed, finished.total) == (None, None)
 
 
-def test_waits_for_a_slow_task_logging_progress(simulator, request_body, tmp_path, caplog) -> None:
+def test_waits_for_a_running_task_with_growing_delays_logging_progress(
+    simulator, request_body, tmp_path, caplog
+) -> None:
+    """The task runs until the client has polled three times and waited after each."""
     caplog.set_level(logging.INFO)
-    simulator.inject(Fault(kind="slow_task", seconds=0.6))
-    sleep = RecordingSleep()
+    release = threading.Event()
+    simulator.inject(Fault("held_task", release=release))
+    sleep = ReleasingSleep(release, polls=3)
     with client(simulator, sleep) as alloy:
-        alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
-    assert "Running" in caplog.text or "Queued" in caplog.text
+        export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
+    assert f"Alloy export task {export.task_id}: Running (0/{export.total} processed)" in caplog.text
+    assert len([seen for seen in simulator.requests if seen.path.startswith("/api/task/")]) > 3
     assert sleep.waits[:3] == pytest.approx([0.05, 0.075, 0.1125])
     assert max(sleep.waits) <= FAST.max_seconds
 
@@ -132,19 +154,50 @@ def test_honours_rate_limit_reset_on_429(simulator, request_body, tmp_path) -> N
     assert any(wait == pytest.approx(0.25, abs=0.05) for wait in sleep.waits)
 
 
-@pytest.mark.parametrize("endpoint", ["task", "export_file", "file"])
-def test_retries_server_errors_on_every_reading_endpoint(simulator, request_body, tmp_path, endpoint) -> None:
-    simulator.inject(Fault(kind="status", endpoint=endpoint, status=503, times=2))
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("status", endpoint="task", status=429, retry_after=120, wait_form="http_date"),
+        Fault("status", endpoint="task", status=429, rate_limit_reset=120, wait_form="epoch"),
+        Fault("status", endpoint="task", status=429, rate_limit_reset=120, wait_form="iso"),
+    ],
+    ids=["retry-after-http-date", "rate-limit-reset-epoch", "rate-limit-reset-iso"],
+)
+def test_a_429_may_name_the_moment_to_retry_at(simulator: AlloySimulator, fault: Fault) -> None:
+    """Two minutes from now, as an HTTP date (whole seconds), epoch seconds or ISO 8601."""
+    simulator.inject(fault)
+    sleep = RecordingSleep(longest=0)
+    with retrying(httpx.HTTPTransport(), sleep) as http:
+        response = http.get(f"{simulator.url}/api/task/x")
+    assert response.status_code == 404, "retried once the wait was over: the unknown task's own answer"
+    [wait] = sleep.waits
+    assert 118 < wait <= 120
+
+
+READING_PATHS = {"task": r"/api/task/\w+", "export_file": r"/api/export/\w+/file", "file": r"/api/file/\w+"}
+
+
+def transport_retries(caplog: pytest.LogCaptureFixture, endpoint: str) -> list[str]:
+    """The transport's warnings about retrying `endpoint`, as `<reason>; retry <n> of <max>`."""
+    logged = re.compile(rf"Alloy GET {READING_PATHS[endpoint]}: (.+; retry \d+ of \d+) in [\d.]+ s")
+    return [match.group(1) for record in caplog.records if (match := logged.fullmatch(record.getMessage()))]
+
+
+@pytest.mark.parametrize("endpoint", list(READING_PATHS))
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("status", "HTTP 503"), ("disconnect", "RemoteProtocolError")], ids=["503", "dropped"]
+)
+def test_the_transport_retries_every_reading_endpoint(
+    simulator, request_body, tmp_path, caplog, endpoint, fault, reason
+) -> None:
+    """Retried by the transport at once, not ridden out by the poll loop or the download's resumes."""
+    simulator.inject(Fault(fault, endpoint=endpoint, status=503, times=2))
     with client(simulator) as alloy:
         export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
     assert len(export.csv_files) == 4
-
-
-def test_retries_dropped_connections(simulator, request_body, tmp_path) -> None:
-    simulator.inject(Fault(kind="disconnect", endpoint="task", times=2))
-    with client(simulator) as alloy:
-        export = alloy.export(request_body, tmp_path, max_archive_bytes=10**8)
-    assert len(export.csv_files) == 4
+    assert transport_retries(caplog, endpoint) == [f"{reason}; retry 1 of 5", f"{reason}; retry 2 of 5"]
+    assert "polling again" not in caplog.text and "download interrupted" not in caplog.text
+    assert len([seen for seen in simulator.requests if re.fullmatch(READING_PATHS[endpoint], seen.path)]) >= 3
 
 
 def test_gives_up_after_bounded_retries(simulator, request_body, tmp_path, caplog) -> None:

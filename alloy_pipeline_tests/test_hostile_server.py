@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 
 from alloy_pipeline.alloy.archive import ArchiveError
@@ -148,11 +149,13 @@ def test_the_key_never_appears_when_an_export_fails(
 
 
 def test_the_key_never_reaches_dagsters_event_log_or_run_storage(
-    simulator: AlloySimulator, instance: dg.DagsterInstance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    simulator: AlloySimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run that rides out faults, and a run whose key is refused, both recorded by Dagster."""
-    workdir = tmp_path / "work"
+    """A run that rides out faults, and runs that fail, as Dagster records them and in the files of
+    its instance (sqlite run and event storage, compute logs), kept under `tmp_path` to be read."""
+    workdir, home = tmp_path / "work", tmp_path / "dagster_home"
     workdir.mkdir()
+    home.mkdir()
 
     @dg.asset
     def alloy_extract(context: dg.AssetExecutionContext, alloy: AlloyResource) -> dg.MaterializeResult:
@@ -165,20 +168,24 @@ def test_the_key_never_reaches_dagsters_event_log_or_run_storage(
     simulator.inject(Fault("status", endpoint="task", status=503, times=8))
     simulator.inject(Fault("reset_download"))
     monkeypatch.setenv("ALLOY_API_KEY", f" {API_KEY}\r\n")
-    riding_out = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance)
-    simulator.inject(Fault("failed_task", message="proxy saw {authorization}"))
-    echoed = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance, raise_on_error=False)
-    monkeypatch.setenv("ALLOY_API_KEY", f"{API_KEY} {API_KEY}")
-    refused = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance, raise_on_error=False)
-
-    assert riding_out.success and not echoed.success and not refused.success
     recorded: list[str] = []
-    for result in (riding_out, echoed, refused):
-        run = instance.get_run_by_id(result.run_id)
-        assert run is not None and run.job_snapshot_id is not None
-        recorded += [dg.serialize_value(entry) for entry in instance.all_logs(result.run_id)]
-        recorded += [dg.serialize_value(run), dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id))]
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        riding_out = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance)
+        simulator.inject(Fault("failed_task", message="proxy saw {authorization}"))
+        echoed = dg.materialize([alloy_extract], resources={"alloy": resource}, instance=instance, raise_on_error=False)
+        monkeypatch.setenv("ALLOY_API_KEY", f"{API_KEY} {API_KEY}")
+        refused = dg.materialize(
+            [alloy_extract], resources={"alloy": resource}, instance=instance, raise_on_error=False
+        )
+        assert riding_out.success and not echoed.success and not refused.success
+        for result in (riding_out, echoed, refused):
+            run = instance.get_run_by_id(result.run_id)
+            assert run is not None and run.job_snapshot_id is not None
+            recorded += [dg.serialize_value(entry) for entry in instance.all_logs(result.run_id)]
+            recorded += [dg.serialize_value(run), dg.serialize_value(instance.get_job_snapshot(run.job_snapshot_id))]
     assert any("polling again" in text for text in recorded) and any("header" in text for text in recorded)
+    holding = {path.suffix for path in home.rglob("*") if path.is_file() and b"polling again" in path.read_bytes()}
+    assert {".db", ".err"} <= holding, "the files read include the event storage and the compute logs"
     assert any("ended Failed: proxy saw Bearer [redacted]" in text for text in recorded)
     assert_absent([API_KEY], recorded, tmp_path)
 
@@ -366,6 +373,40 @@ def test_a_cut_download_resumes_where_it_stopped(
     starts = [int(seen.headers["range"].removeprefix("bytes=").removesuffix("-")) for seen in downloads[1:]]
     assert len(starts) == 3 and 0 < starts[0] < starts[1] < starts[2], "each attempt resumes further on"
     assert caplog.text.count("download interrupted") == 3
+
+
+def test_a_resume_answered_with_the_whole_file_starts_the_file_again(
+    simulator: AlloySimulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server or proxy that ignores `Range` answers 200 with every byte: nothing is appended
+    (`zipfile` would read a zip after the half already written, so the size tells)."""
+    simulator.inject(Fault("truncated_download"))
+    simulator.inject(Fault("range_ignored"))
+    with client(simulator) as alloy:
+        export = alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
+    first, resume = [seen for seen in simulator.requests if seen.path.startswith("/api/file/")]
+    assert "range" not in first.headers and resume.headers["range"].startswith("bytes=")
+    whole = httpx.get(simulator.url + first.path, headers={"Authorization": f"Bearer {API_KEY}"}).content
+    assert export.archive_bytes == len(whole)
+    with export.csv_files[0].open(newline="", encoding="utf-8") as main:
+        assert len(list(csv.reader(main))) == 1 + simulator.dataset.count("designs_wasteContainerJob")
+    assert caplog.text.count("download interrupted") == 1
+
+
+def test_a_resume_answered_from_another_byte_is_refused_naming_the_task(
+    simulator: AlloySimulator, tmp_path: Path
+) -> None:
+    """A 206 whose `Content-Range` does not start where the file stopped would splice the zip."""
+    simulator.inject(Fault("truncated_download"))
+    simulator.inject(Fault("wrong_content_range"))
+    with client(simulator) as alloy, pytest.raises(AlloyReplyError) as raised:
+        alloy.export(REQUEST, tmp_path, max_archive_bytes=CAP)
+    resume = [seen for seen in simulator.requests if seen.path.startswith("/api/file/")][-1]
+    start = resume.headers["range"].removeprefix("bytes=").removesuffix("-")
+    assert str(raised.value).endswith(
+        f"(export task {started_task(simulator)}): unexpected HTTP 206 to a request from byte {start}"
+    )
+    assert list(tmp_path.iterdir()) == [], "the partial zip is removed"
 
 
 def test_a_download_cut_every_time_fails_naming_the_task(simulator: AlloySimulator, tmp_path: Path) -> None:

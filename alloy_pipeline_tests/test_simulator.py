@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import email.utils
 import io
 import json
 import math
@@ -11,7 +12,8 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,14 +82,21 @@ def start(client: httpx.Client, body: dict[str, Any]) -> str:
     return str(response.json()["backgroundTaskId"])
 
 
-def finish(client: httpx.Client, task_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Poll the task until it ends, as a client does (exports are built in the background)."""
+def poll(
+    client: httpx.Client, task_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 5.0
+) -> dict[str, Any]:
+    """Poll the task until `until` holds of it or `timeout` runs out; its last state."""
     deadline = time.monotonic() + timeout
     while True:
         task: dict[str, Any] = client.get(f"/api/task/{task_id}").json()["task"]
-        if task["status"] in ("Complete", "Failed", "Deleted") or time.monotonic() > deadline:
+        if until(task) or time.monotonic() > deadline:
             return task
         time.sleep(0.01)
+
+
+def finish(client: httpx.Client, task_id: str) -> dict[str, Any]:
+    """Poll the task until it ends, as a client does (exports are built in the background)."""
+    return poll(client, task_id, lambda task: task["status"] in ("Complete", "Failed", "Deleted"))
 
 
 def completed(client: httpx.Client, body: dict[str, Any]) -> str:
@@ -556,24 +565,17 @@ def export_threads() -> list[threading.Thread]:
 
 
 def test_post_answers_at_once_and_the_build_reports_progress(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The build stops a fifth of the way through until the simulator stops: the POST cannot have
+    waited for it, and the task reports its rows so far."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the simulator keeps its zips
-    bench = AlloySimulator(dataset=synthetic_dataset(50_000), api_key=API_KEY).start()
+    bench = AlloySimulator(dataset=synthetic_dataset(1_000), api_key=API_KEY).start()
+    bench.inject(Fault("held_task", rows=200, release=threading.Event()))
     try:
         with connect(bench) as http:
             task_id = start(http, synthetic_request())
-            first = http.get(f"/api/task/{task_id}").json()["task"]
-            assert first["status"] in ("Queued", "Running"), "the POST waited for the export"
+            held = poll(http, task_id, lambda task: task["processState"]["processed"] == 200)
+            assert held == {"id": task_id, "status": "Running", "processState": {"processed": 200, "total": 1_000}}
             assert http.get(f"/api/export/{task_id}/file").status_code == 409
-            seen = []
-            deadline = time.monotonic() + 5
-            while len(seen) < 2 and time.monotonic() < deadline:
-                state = http.get(f"/api/task/{task_id}").json()["task"]
-                assert state["status"] in ("Queued", "Running")
-                if state["status"] == "Running" and state["processState"]["processed"] > max(seen, default=0):
-                    assert state["processState"]["total"] == 50_000
-                    seen.append(state["processState"]["processed"])
-                time.sleep(0.02)
-            assert len(seen) == 2 and 0 < seen[0] < seen[1] < 50_000
     finally:
         began = time.monotonic()
         bench.stop()
@@ -583,22 +585,25 @@ def test_post_answers_at_once_and_the_build_reports_progress(monkeypatch: pytest
 
 
 def test_an_export_holds_the_data_as_it_was_when_requested() -> None:
-    dataset = synthetic_dataset(5_000)
+    """The data changes while the build is held before its first row."""
+    dataset = synthetic_dataset(500)
     before = dataset.ids(SYNTHETIC_ROOT)
     first, title = before[0], "attributes_itemsTitle"
     old_title = dataset.value(first, title) or ""
+    release = threading.Event()
     with AlloySimulator(dataset=dataset, api_key=API_KEY) as bench, connect(bench) as http:
+        bench.inject(Fault("held_task", release=release))
         task_id = start(http, synthetic_request())
         dataset.set_value(first, title, "changed after the request")
         dataset.delete(SYNTHETIC_ROOT, 50)
         dataset.insert(SYNTHETIC_ROOT, 20)
-        assert http.get(f"/api/task/{task_id}").json()["task"]["status"] != "Complete", "built too soon"
+        release.set()
         assert finish(http, task_id)["status"] == "Complete"
         archive = zipfile.ZipFile(io.BytesIO(download(http, task_id)))
     header, *records = main_rows(archive)
     assert [record[0] for record in records] == before
     assert records[0][header.index("Title")] == old_title
-    assert len(dataset.ids(SYNTHETIC_ROOT)) == 5_000 - 50 + 20
+    assert len(dataset.ids(SYNTHETIC_ROOT)) == 500 - 50 + 20
 
 
 # --- filters and validation -------------------------------------------------------------------
@@ -841,6 +846,19 @@ def test_status_fault_with_rate_limit_headers(sim: AlloySimulator, client: httpx
     start(client, example("DW Container Job"))
 
 
+def test_a_status_fault_may_write_its_waits_as_moments(sim: AlloySimulator, client: httpx.Client) -> None:
+    for form in ("http_date", "epoch", "iso"):
+        sim.inject(Fault("status", endpoint="task", status=429, retry_after=60, rate_limit_reset=60, wait_form=form))
+    earliest = time.time() + 60
+    replies = [client.get("/api/task/x").headers for _ in range(3)]
+    latest = time.time() + 60
+    http_date = email.utils.parsedate_to_datetime(replies[0]["retry-after"]).timestamp()
+    epoch = float(replies[1]["x-rate-limit-reset"])
+    iso = datetime.strptime(replies[2]["x-rate-limit-reset"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert earliest - 1 < http_date <= latest, "an HTTP date has whole seconds"
+    assert earliest - 0.001 < epoch < latest + 0.001 and earliest - 0.001 < iso.timestamp() < latest + 0.001
+
+
 def test_status_fault_applies_to_its_endpoint_the_given_number_of_times(
     sim: AlloySimulator, client: httpx.Client
 ) -> None:
@@ -914,6 +932,20 @@ def test_file_endpoint_resumes_from_a_range(sim: AlloySimulator, client: httpx.C
 
 def file_of(client: httpx.Client, task_id: str) -> str:
     return str(client.get(f"/api/export/{task_id}/file").json()["fileItemId"])
+
+
+def test_range_faults_answer_a_resume_with_the_whole_file(sim: AlloySimulator, client: httpx.Client) -> None:
+    task_id = completed(client, example("Gully Inspections"))
+    whole = download(client, task_id)
+    sim.inject(Fault("range_ignored"))
+    sim.inject(Fault("wrong_content_range"))
+    path, resume = f"/api/file/{file_of(client, task_id)}", {"Range": "bytes=100-"}
+    assert download(client, task_id) == whole, "a download from the start leaves the faults queued"
+    ignored, misranged, honoured = (client.get(path, headers=resume) for _ in range(3))
+    assert (ignored.status_code, ignored.content, "content-range" in ignored.headers) == (200, whole, False)
+    assert (misranged.status_code, misranged.content) == (206, whole)
+    assert misranged.headers["content-range"] == f"bytes 0-{len(whole) - 1}/{len(whole)}"
+    assert (honoured.status_code, honoured.content) == (206, whole[100:])
 
 
 def test_dropped_after_last_byte_sends_every_byte_then_breaks_the_body(
@@ -997,15 +1029,23 @@ def test_zip_bomb_fault_serves_a_small_zip_that_expands_a_thousandfold(
 
 def test_slow_task_reports_progress_then_completes(sim: AlloySimulator, client: httpx.Client) -> None:
     sim.inject(Fault("slow_task", seconds=0.6))
+    requested = time.monotonic()
     task_id = start(client, example("Gully Inspections"))
-    early = client.get(f"/api/task/{task_id}").json()["task"]
-    assert early["status"] in ("Queued", "Running") and early["processState"]["processed"] < 100
     assert client.get(f"/api/export/{task_id}/file").status_code == 409
-    time.sleep(0.3)
-    assert client.get(f"/api/task/{task_id}").json()["task"]["status"] == "Running"
-    time.sleep(0.35)
-    done = client.get(f"/api/task/{task_id}").json()["task"]
+    seen: list[dict[str, Any]] = []
+
+    def complete(task: dict[str, Any]) -> bool:
+        seen.append(task)
+        return task["status"] == "Complete"
+
+    done = poll(client, task_id, complete)
+    assert time.monotonic() - requested >= 0.6
     assert done == {"id": task_id, "status": "Complete", "processState": {"processed": 100, "total": 100}}
+    order = ["Queued", "Running", "Complete"]
+    statuses = [task["status"] for task in seen]
+    assert "Running" in statuses and statuses == sorted(statuses, key=order.index), "Queued, Running, then Complete"
+    processed = [task["processState"]["processed"] for task in seen]
+    assert processed == sorted(processed) and len(set(processed)) > 2, "the count grows as the task runs"
     download(client, task_id)
 
 
@@ -1036,6 +1076,8 @@ def test_a_build_that_breaks_fails_the_task(
 
 
 def test_faults_are_validated() -> None:
+    with pytest.raises(ValueError, match="release event"):
+        Fault("held_task")
     with pytest.raises(ValueError):
         Fault("status", status=200)
     with pytest.raises(ValueError):

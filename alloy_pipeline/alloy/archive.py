@@ -73,9 +73,10 @@ def extract_csvs(
 ) -> list[Path]:
     """Extract every member of `archive` under `destination`; return the CSV files, in zip order.
 
-    The caps are checked against the sizes the zip declares before anything is written (`zipfile`
-    never reads a member past its declared size; a member whose data runs longer fails its CRC),
-    and the size cap again on the bytes written. On any error `destination` is removed.
+    The caps are checked against the sizes the zip declares before anything is written, and that
+    is enough: `zipfile` never reads a member past its declared size (a member whose data runs
+    longer fails its CRC), so no more than the declared bytes can be written. On any error
+    `destination` is removed.
     """
     try:
         with zipfile.ZipFile(archive) as zipped:
@@ -87,19 +88,12 @@ def extract_csvs(
                     f"archive would extract to {declared:,} bytes, over the cap of "
                     f"{max_uncompressed_bytes:,} (raise max_archive_bytes if this export is expected)"
                 )
-            written = 0
             extracted: list[Path] = []
             for info, path in zip(members, paths, strict=True):
                 target = destination.joinpath(*path.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zipped.open(info) as source, target.open("wb") as sink:
-                    while chunk := source.read(_CHUNK):
-                        written += len(chunk)
-                        if written > max_uncompressed_bytes:
-                            raise ArchiveError(
-                                f"archive extracts to more than the cap of {max_uncompressed_bytes:,} bytes"
-                            )
-                        sink.write(chunk)
+                    shutil.copyfileobj(source, sink, _CHUNK)
                 if target.suffix.lower() == ".csv":
                     extracted.append(target)
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import email.utils
 import hmac
 import json
 import math
@@ -20,6 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
@@ -52,8 +54,12 @@ FaultKind = Literal[
     "corrupt_zip",
     "zip_bomb",
     "slow_task",
+    "held_task",
     "miscounted_task",
+    "range_ignored",
+    "wrong_content_range",
 ]
+WaitForm = Literal["seconds", "http_date", "epoch", "iso"]
 Endpoint = Literal["export", "task", "export_file", "file", "any"]
 _REQUEST_FAULTS = ("status", "disconnect", "reply")
 _DOWNLOAD_FAULTS = (
@@ -66,6 +72,7 @@ _DOWNLOAD_FAULTS = (
 _HALF_DOWNLOAD_FAULTS = ("truncated_download", "reset_download")
 _CHUNKED_DOWNLOAD_FAULTS = ("dropped_after_last_byte", "endless_download")
 _ARCHIVE_FAULTS = ("corrupt_zip", "zip_bomb")
+_RANGE_FAULTS = ("range_ignored", "wrong_content_range")
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,9 @@ class Fault:
     """A scripted misbehaviour for the next `times` matching requests (or exports).
 
     - `status`: answer requests to `endpoint` with HTTP `status` (429 may carry `retry_after`
-      and `rate_limit_reset` seconds), and `body` if given, where `{authorization}` stands for
-      the request's own header (a proxy that echoes what it received).
+      and `rate_limit_reset` seconds, written as `wait_form` says: the seconds themselves, or the
+      moment they end as an HTTP date, epoch seconds or ISO 8601 in UTC), and `body` if given,
+      where `{authorization}` stands for the request's own header (a proxy that echoes what it received).
     - `disconnect`: close the connection to `endpoint` without any response.
     - `reply`: answer requests to `endpoint` with HTTP 200 and `body` as `content_type`, whatever
       they asked (a bad id, an unknown task status, an HTML page from a proxy).
@@ -87,11 +95,18 @@ class Fault:
       (every piece arrives well within a read timeout).
     - `endless_download`: the next downloads of a file send it, chunked, then zeros without end,
       until the client hangs up or the simulator stops.
+    - `range_ignored`: the next resumed downloads (a request with `Range`) get the whole file,
+      with HTTP 200, as from a server that does not do ranges.
+    - `wrong_content_range`: the next resumed downloads get HTTP 206 and the file from its first
+      byte, `Content-Range` saying so, whatever range they asked for.
     - `failed_task` / `deleted_task`: the next exports' tasks end Failed (with `message`, where
       `{authorization}` stands for the polling request's own header, as in `status` bodies) / Deleted.
     - `corrupt_zip`: the next exports' file endpoint serves a truncated zip.
     - `zip_bomb`: the next exports' file is a small zip that expands a thousandfold, to zeros.
     - `slow_task`: the next exports' tasks take `seconds`.
+    - `held_task`: the next exports' builds stop once `rows` root items are processed (0: before
+      the first; never, if the export has fewer) until `release` is set or the simulator stops;
+      the task reports Running meanwhile. Tests wait on a task's state with it, not with sleeps.
     - `miscounted_task`: the next exports' tasks report `miscount` more root items in their
       `processState` (`processed` and `total`; negative: fewer) than their zips hold, as when an
       item is deleted between Alloy counting and writing it.
@@ -103,11 +118,14 @@ class Fault:
     times: int = 1
     retry_after: float | None = None
     rate_limit_reset: float | None = None
+    wait_form: WaitForm = "seconds"
     message: str = "Simulated export failure"
     seconds: float = 1.0
     body: str = ""
     content_type: str = "application/json"
     miscount: int = 1
+    rows: int = 0
+    release: threading.Event | None = None
 
     def __post_init__(self) -> None:
         if self.times < 1:
@@ -118,6 +136,8 @@ class Fault:
             raise ValueError(f"a {self.kind} fault takes more than 0 seconds")
         if self.kind == "miscounted_task" and self.miscount == 0:
             raise ValueError("a miscounted_task fault miscounts by at least one item")
+        if self.kind == "held_task" and (self.release is None or self.rows < 0):
+            raise ValueError("a held_task fault needs a release event and a row count of 0 or more")
 
 
 @dataclass
@@ -127,6 +147,33 @@ class _Pending:
 
 
 TaskStatus = Literal["Queued", "Running", "Complete", "Failed", "Deleted"]
+
+
+class _HeldProgress(Progress):
+    """The progress of a build that a `held_task` fault stops once `rows` root items are processed."""
+
+    def __init__(self, held: Fault, cancel: threading.Event) -> None:
+        assert held.release is not None, "checked by Fault"
+        super().__init__()
+        self._rows: int | None = held.rows
+        self._release = held.release
+        self._cancel = cancel
+
+    def start(self, total: int, passes: int) -> None:
+        super().start(total, passes)
+        self._hold()
+
+    def wrote_row(self) -> None:
+        super().wrote_row()
+        self._hold()
+
+    def _hold(self) -> None:
+        if self.processed != self._rows:
+            return
+        self._rows = None  # once: `processed` stays at a count for a row's every pass
+        while not self._release.wait(_SHUTDOWN_POLL_SECONDS):
+            if self._cancel.is_set():
+                raise ExportCancelled("a held build")
 
 
 @dataclass(eq=False)
@@ -263,6 +310,19 @@ def _object_id() -> str:
 
 def _seconds_header(seconds: float) -> str:
     return f"{seconds:g}"
+
+
+def _wait_header(seconds: float, form: WaitForm) -> str:
+    """A wait of `seconds` as `Retry-After` / `X-Rate-Limit-Reset` may write it."""
+    if form == "seconds":
+        return _seconds_header(seconds)
+    ends = time.time() + seconds
+    if form == "epoch":
+        return f"{ends:.3f}"
+    moment = datetime.fromtimestamp(ends, UTC)
+    if form == "http_date":
+        return email.utils.format_datetime(moment, usegmt=True)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AlloySimulator:
@@ -429,7 +489,9 @@ class AlloySimulator:
             ending = self._take_fault(("failed_task", "deleted_task"))
             slow = self._take_fault(("slow_task",))
             miscounted = self._take_fault(("miscounted_task",))
+            held = self._take_fault(("held_task",))
             task_id = _object_id()
+            cancel = threading.Event()
             task = _Task(
                 id=task_id,
                 file_id=_object_id(),
@@ -440,6 +502,8 @@ class AlloySimulator:
                 error=ending.message if ending else None,
                 archive_fault=_kind(self._take_fault(_ARCHIVE_FAULTS)),
                 miscount=miscounted.miscount if miscounted else 0,
+                progress=_HeldProgress(held, cancel) if held else Progress(),
+                cancel=cancel,
             )
             task.thread = threading.Thread(
                 target=task.build,
@@ -488,17 +552,22 @@ class AlloySimulator:
         length = size // 2 if task.archive_fault == "corrupt_zip" else size
         asked = _RANGE.fullmatch(range_header or "")
         start = int(asked.group(1)) if asked else 0
-        if start >= length > 0:  # as real servers answer a range that starts at or past the end
+        with self._lock:
+            misranged = _kind(self._take_fault(_RANGE_FAULTS, "file")) if asked else None
+        if misranged is not None:
+            start = 0
+        elif start >= length > 0:  # as real servers answer a range that starts at or past the end
             return _error(
                 416, "RangeNotSatisfiable", f"the file has {length} bytes", {"Content-Range": f"bytes */{length}"}
             )
         with self._lock:
             download = self._take_fault(_DOWNLOAD_FAULTS, "file")
         headers = {"Content-Type": "application/zip", "Accept-Ranges": "bytes"}
-        if start:
+        ranged = bool(start) or misranged == "wrong_content_range"
+        if ranged:
             headers["Content-Range"] = f"bytes {start}-{length - 1}/{length}"
         return _Reply(
-            206 if start else 200,
+            206 if ranged else 200,
             headers=headers,
             file=task.archive,
             offset=start,
@@ -539,9 +608,9 @@ def _fault_reply(fault: Fault, authorization: str) -> _Reply:
         return _Reply(200, headers={"Content-Type": fault.content_type}, content=fault.body.encode())
     headers: dict[str, str] = {}
     if fault.retry_after is not None:
-        headers["Retry-After"] = _seconds_header(fault.retry_after)
+        headers["Retry-After"] = _wait_header(fault.retry_after, fault.wait_form)
     if fault.rate_limit_reset is not None:
-        headers["X-Rate-Limit-Reset"] = _seconds_header(fault.rate_limit_reset)
+        headers["X-Rate-Limit-Reset"] = _wait_header(fault.rate_limit_reset, fault.wait_form)
     if fault.body:
         echoed = fault.body.replace("{authorization}", authorization)
         return _Reply(fault.status, headers={"Content-Type": fault.content_type, **headers}, content=echoed.encode())
@@ -593,8 +662,6 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "reset_download":
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()  # with a zero linger: a TCP reset, not an orderly close
-        if fault is not None:
-            self.close_connection = True
 
     def _send_head(self, status: int, headers: Mapping[str, str]) -> None:
         self.send_response(status)
@@ -614,6 +681,8 @@ class _Handler(BaseHTTPRequestHandler):
         pause = reply.download.seconds if reply.download and kind == "slow_download" else 0.0
         chunked = kind in _CHUNKED_DOWNLOAD_FAULTS  # and never terminated: see the Fault docstring
         framing = {"Transfer-Encoding": "chunked"} if chunked else {"Content-Length": str(reply.length)}
+        if kind is not None:  # said, so that no client sends its next request down this connection
+            framing["Connection"] = "close"
         self._send_head(reply.status, {**reply.headers, **framing})
         write = self._write_chunk if chunked else self.wfile.write
         piece = _SLOW_PIECE if pause else _CHUNK
