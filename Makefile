@@ -8,6 +8,10 @@ DATA ?= data
 DAGSTER_PORT ?= 3000
 SIMULATOR_PORT ?= 8765
 ENGINE_PORT ?= 15002
+# The engine's Spark master: empty for local Spark (or the engine already running), or a standalone
+# cluster's spark://host:port, whose driver the engine becomes (docs/production.md, "A Spark cluster").
+SPARK_MASTER ?=
+MASTER_OPTION := $(if $(SPARK_MASTER),--master '$(SPARK_MASTER)')
 
 .PHONY: install demo test system sql bench dev engine engine-stop clean
 
@@ -41,7 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/night.py --queries 11 30 --write docs/benchmarks.md
 
 engine: $(STAMP)
-	$(BIN)/alloy-pipeline engine start --data $(DATA) --port $(ENGINE_PORT)
+	$(BIN)/alloy-pipeline engine start --data $(DATA) --port $(ENGINE_PORT) $(MASTER_OPTION)
 
 engine-stop: $(STAMP)
 	$(BIN)/alloy-pipeline engine stop --data $(DATA)
@@ -49,7 +53,7 @@ engine-stop: $(STAMP)
 # One command, no shell around it: make runs it directly, so Ctrl-C or SIGTERM reaches it, and it
 # stops dagster dev in order (see `dev` in alloy_pipeline/cli.py).
 dev: $(STAMP)
-	$(BIN)/alloy-pipeline dev --data $(DATA) --port $(DAGSTER_PORT) --simulator-port $(SIMULATOR_PORT) --engine-port $(ENGINE_PORT)
+	$(BIN)/alloy-pipeline dev --data $(DATA) --port $(DAGSTER_PORT) --simulator-port $(SIMULATOR_PORT) --engine-port $(ENGINE_PORT) $(MASTER_OPTION)
 
 clean:
 	if [ -x $(BIN)/alloy-pipeline ]; then $(BIN)/alloy-pipeline engine stop; fi

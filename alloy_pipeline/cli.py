@@ -296,10 +296,16 @@ def engine_command(action: str, settings: EngineSettings) -> int:
     """`start` and `status` print only the SPARK_REMOTE value on stdout, so scripts can capture it:
     it carries the engine's token, so it goes nowhere else (stderr names the token's file)."""
     if action == "start":
-        state, started = engine.start(settings)
+        try:
+            state, started = engine.start(settings)
+        except engine.EngineError as error:
+            print(f"alloy-pipeline engine start: {error}", file=sys.stderr)
+            return 1
         verb = "started" if started else "already running"
         print(
-            f"Spark engine {verb} (pid {state.pid}, log {state.log}, token in {settings.token_file})", file=sys.stderr
+            f"Spark engine {verb} (pid {state.pid}, master {state.master}, log {state.log}, token in "
+            f"{settings.token_file})",
+            file=sys.stderr,
         )
         print(settings.url)
         return 0
@@ -310,9 +316,26 @@ def engine_command(action: str, settings: EngineSettings) -> int:
     if state is None:
         print(f"no Spark engine is running from {settings.home}", file=sys.stderr)
         return 1
-    print(f"Spark engine running (pid {state.pid}, log {state.log}, token in {settings.token_file})", file=sys.stderr)
+    print(
+        f"Spark engine running (pid {state.pid}, master {state.master}, log {state.log}, token in "
+        f"{settings.token_file})",
+        file=sys.stderr,
+    )
     print(settings.url)
     return 0
+
+
+def _master(value: str) -> str:
+    try:
+        return engine.spark_master(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+MASTER_HELP = (
+    "Spark master: a standalone cluster's spark://host:port makes the engine its driver; default: local Spark "
+    f"({engine.LOCAL_MASTER}), or the engine already running whatever its master"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -325,6 +348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     engine_parser.add_argument("--port", type=int, default=engine.DEFAULT_PORT, help="loopback port of the server")
     engine_parser.add_argument("--memory", default="4g", help="heap of the engine's JVM, e.g. 8g")
+    engine_parser.add_argument("--master", type=_master, default=None, help=MASTER_HELP)
+    engine_parser.add_argument(
+        "--executor-memory", default=None, help="heap of each executor on a cluster (spark.executor.memory), e.g. 4g"
+    )
+    engine_parser.add_argument(
+        "--cores-max", type=int, default=None, help="cores the engine takes of a cluster in all (spark.cores.max)"
+    )
     demo_parser = commands.add_parser("demo", help="run the pipeline for a few days against the local simulator")
     demo_parser.add_argument(
         "--data", type=Path, default=Path("data"), help="folder for the demo lake (its zones are wiped)"
@@ -351,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dev_parser.add_argument(
         "--engine-port", type=int, default=engine.DEFAULT_PORT, help="loopback port of the data folder's engine"
     )
+    dev_parser.add_argument("--master", type=_master, default=None, help=MASTER_HELP)
     rebuild_parser = commands.add_parser("rebuild", help="rebuild snapshot partitions in date order")
     rebuild_parser.add_argument("--from", dest="first", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
     rebuild_parser.add_argument("--to", dest="last", type=dt.date.fromisoformat, required=True, help="YYYY-MM-DD")
@@ -364,7 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "engine":
-        settings = EngineSettings.under(args.data.resolve(), port=args.port, driver_memory=args.memory)
+        settings = EngineSettings.under(
+            args.data.resolve(),
+            port=args.port,
+            driver_memory=args.memory,
+            master=args.master,
+            executor_memory=args.executor_memory,
+            cores_max=args.cores_max,
+        )
         return engine_command(args.action, settings)
     if args.command in ("demo", "sql"):
         # Their `finally` blocks release the engine: SIGTERM must unwind them as Ctrl-C does.
@@ -373,10 +411,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return demo(args.data, args.days, args.aqs_dir, args.engine_port)
         if args.command == "dev":
-            return dev(args.data, args.port, args.simulator_port, args.engine_port)
+            return dev(args.data, args.port, args.simulator_port, args.engine_port, args.master)
     except FileNotFoundError as error:
         print(f"alloy-pipeline {args.command}: {error}", file=sys.stderr)
         return 2
+    except engine.EngineError as error:
+        print(f"alloy-pipeline {args.command}: {error}", file=sys.stderr)
+        return 1
     if args.command == "sql":
         return sql(args.query, args.data.resolve())
     if args.command == "mappings":

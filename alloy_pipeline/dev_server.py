@@ -26,9 +26,12 @@ DEV_STOP_SECONDS = 10.0
 """How long `dev` lets `dagster dev` shut down in order before it kills what is left of it."""
 
 
-def dev(data: Path, port: int, simulator_port: int, engine_port: int) -> int:
+def dev(data: Path, port: int, simulator_port: int, engine_port: int, master: str | None = None) -> int:
     """`make dev`: `dagster dev` on the instance and calendar of `data` (the demo's, see
     `dev_environment`), against its engine and the simulator, until Ctrl-C or SIGTERM.
+
+    The engine is the data folder's, started on `master` if it is not running (`EngineSettings.master`:
+    a cluster's `spark://host:port` makes it that cluster's driver).
 
     The engine runs in a session of its own (`engine.start`), so it outlives this. The simulator is
     served from this process. `dagster dev` runs in a session of its own too, and this process
@@ -48,8 +51,8 @@ def dev(data: Path, port: int, simulator_port: int, engine_port: int) -> int:
         shutil.copyfile(instance_config(), home / "dagster.yaml")
     aqs_dir = Path(environment["ALLOY_AQS_DIR"])
     dataset = dataset_for_queries((query.request.to_body() for query in load_queries(aqs_dir)), demo_dataset())
-    settings = EngineSettings.under(data, port=engine_port)
-    engine.start(settings)
+    settings = EngineSettings.under(data, port=engine_port, master=master)
+    state, _ = engine.start(settings)
     # A plain list, not a threading.Event: a second signal (make forwards its SIGTERM to this
     # process, which had one of its own) would find Event.set's lock held by the first, forever.
     received: list[int] = []
@@ -59,7 +62,8 @@ def dev(data: Path, port: int, simulator_port: int, engine_port: int) -> int:
         print(
             f"Instance {home} (partitions from {environment.get('ALLOY_PARTITIONS_START', 'the default start')}); "
             f"Alloy simulator at {simulator.url} (key {DEMO_API_KEY}); dagster dev steps are clients of the Spark "
-            f"engine at {settings.endpoint}, which stays running afterwards (make engine-stop{make_data_option(data)})",
+            f"engine at {settings.endpoint} (master {state.master}), which stays running afterwards "
+            f"(make engine-stop{make_data_option(data)})",
             flush=True,
         )
         environment |= {"SPARK_REMOTE": settings.url, "ALLOY_API_URL": simulator.url, "ALLOY_API_KEY": DEMO_API_KEY}

@@ -23,12 +23,17 @@ every client presents it: `EngineSettings.url`, the SPARK_REMOTE that `engine st
 carries it as `;token=…`. And the JVM starts from an environment holding only what Spark needs
 (`server_environment`), so a client with the token still cannot read the Alloy key or the AWS
 credentials of whoever started it.
+
+On a Spark standalone cluster (`master="spark://host:port"`) the engine is the cluster's driver:
+the Connect port, the catalog and the metastore stay here, and the work runs in executors in the
+workers' JVMs, which inherit the workers' environment, never the engine's.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import secrets
 import signal
 import socket
@@ -42,14 +47,21 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyspark
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pyspark.sql.connect.session import SparkSession as ConnectSession
 
-from alloy_pipeline.spark import LOCAL_SPARK_CONFIG, connected
+from alloy_pipeline.loopback import is_loopback
+from alloy_pipeline.spark import LOCAL_SPARK_CONFIG
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 IDENT = "alloy-pipeline"
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 15002
+LOCAL_MASTER = LOCAL_SPARK_CONFIG["spark.master"]
+"""The master of an engine started without one: Spark in the engine's own JVM."""
+MASTER = re.compile(r"local(\[(\*|[1-9]\d*)(,[1-9]\d*)?\])?|spark://[^\s/:,]+:\d{1,5}(,[^\s/:,]+:\d{1,5})*")
+"""The masters the engine runs on: local Spark (`local`, `local[4]`, `local[*]`, `local[4,2]` with
+retries), or a standalone cluster's master(s) (`spark://host:7077`, `spark://a:7077,b:7077`)."""
 TOKEN_VARIABLE = "SPARK_CONNECT_AUTHENTICATE_TOKEN"
 """Where the server reads its token: the environment, because a `--conf` would sit in the JVM's
 command line, which every local user can read in `ps` and /proc/<pid>/cmdline."""
@@ -103,6 +115,23 @@ class EngineError(RuntimeError):
     """The engine could not be started or reached."""
 
 
+def spark_master(value: str) -> str:
+    """`value` if it is a master the engine runs on (`MASTER`); else a `ValueError` saying which are."""
+    if not MASTER.fullmatch(value) or any(int(port) > 65535 for port in re.findall(r":(\d+)", value)):
+        raise ValueError(
+            f"{value!r} is not a Spark master the engine runs on: use local Spark (`local[2]`, `local[*]`) "
+            "or a Spark standalone cluster's `spark://host:port`"
+        )
+    return value
+
+
+def _on_this_machine(master: str) -> bool:
+    """Whether every executor of `master` runs on this machine: local Spark, or a cluster whose
+    master is on loopback (which no worker on another host can register with)."""
+    hosts = master.removeprefix("spark://").split(",")
+    return master.startswith("local") or all(is_loopback(host.rsplit(":", 1)[0]) for host in hosts)
+
+
 class EngineSettings(BaseModel):
     """Where the engine keeps its state and catalog, and how big it is."""
 
@@ -114,10 +143,31 @@ class EngineSettings(BaseModel):
     )
     warehouse: Path = Field(default=Path("data/catalog/warehouse"), description="Spark's warehouse folder.")
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, description="Loopback port of the Connect server.")
-    master: str = Field(default="local[2]", description="Spark master of the engine.")
+    master: str | None = Field(
+        default=None,
+        description="Spark master of the engine (`spark_master`): `LOCAL_MASTER` when None, which also "
+        "accepts a running engine whatever its master, where a named one must be the running engine's.",
+    )
     driver_memory: str = Field(default="4g", description="Heap of the engine's JVM.")
+    executor_memory: str | None = Field(
+        default=None, description="Heap of each executor on a cluster (`spark.executor.memory`); Spark's 1g when None."
+    )
+    cores_max: int | None = Field(
+        default=None,
+        ge=1,
+        description="The cores the engine takes of a cluster in all (`spark.cores.max`); every free core when None.",
+    )
     extra_conf: dict[str, str] = Field(default_factory=dict, description="More --conf settings for the server.")
     start_timeout_seconds: float = Field(default=180, gt=0, description="How long `start` waits for an answer.")
+
+    @field_validator("master")
+    @classmethod
+    def _known_master(cls, master: str | None) -> str | None:
+        return None if master is None else spark_master(master)
+
+    @property
+    def master_to_start(self) -> str:
+        return self.master or LOCAL_MASTER
 
     @classmethod
     def under(cls, root: Path, **settings: object) -> EngineSettings:
@@ -175,9 +225,14 @@ class EngineSettings(BaseModel):
         return self.home / "users"
 
     def server_conf(self) -> dict[str, str]:
-        """The local settings of `spark.py`, the Hive catalog on Derby, bound to loopback."""
+        """The local settings of `spark.py`, the Hive catalog on Derby, bound to loopback, and the
+        executors' size on a cluster. Paths are absolute: a cluster's executors run elsewhere."""
         metastore, warehouse = self.metastore.resolve(), self.warehouse.resolve()
         conf = {name: value for name, value in LOCAL_SPARK_CONFIG.items() if name != "spark.master"}
+        if self.executor_memory is not None:
+            conf["spark.executor.memory"] = self.executor_memory
+        if self.cores_max is not None:
+            conf["spark.cores.max"] = str(self.cores_max)
         return (
             conf
             | {
@@ -208,6 +263,11 @@ class EngineState(BaseModel):
     )
     pid: int
     log: Path
+    master: str = Field(
+        default=LOCAL_MASTER,
+        description="The Spark master it was started with; the local one in the state of an engine started "
+        "before masters were recorded, which were all local.",
+    )
     started: str | None = Field(
         default=None,
         description="The server process's start time as the system reports it (/proc/<pid>/stat's starttime, "
@@ -451,6 +511,10 @@ def _log_tail(log: Path, characters: int = 3000) -> str:
 def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> tuple[int, Path]:
     """Launch the server in the background (`start-connect-server.sh`); return its pid and log.
 
+    Its driver binds to loopback when every executor runs on this machine (`_on_this_machine`);
+    on a cluster elsewhere it binds where the operator's `SPARK_LOCAL_IP` (else Spark) says, which
+    the executors must reach. The Connect port is loopback's either way.
+
     The launcher runs in a session of its own, and so does the JVM it leaves behind: a signal to
     the process group of whoever started it (Ctrl-C or SIGTERM to `make dev` or `make demo`) must
     not reach the engine, which `stop` ends (or the last `running()` block, for an engine it
@@ -463,9 +527,10 @@ def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> tuple[int
         "SPARK_PID_DIR": str(settings.home.resolve()),
         "SPARK_LOG_DIR": str(logs),
         "SPARK_IDENT_STRING": IDENT,
-        "SPARK_LOCAL_IP": LOOPBACK,
     }
-    arguments = ["--master", settings.master]
+    if _on_this_machine(settings.master_to_start):
+        environment["SPARK_LOCAL_IP"] = LOOPBACK
+    arguments = ["--master", settings.master_to_start]
     for name, value in settings.server_conf().items():
         arguments += ["--conf", f"{name}={value}"]
     settings.metastore.parent.mkdir(parents=True, exist_ok=True)
@@ -492,7 +557,11 @@ def _launch(settings: EngineSettings, inherited: Mapping[str, str]) -> tuple[int
 
 def _wait_until_it_answers(settings: EngineSettings, state: EngineState) -> None:
     """Wait for the port, then open the catalog: the metastore client's 3 s start belongs here,
-    not in the first run's first registration."""
+    not in the first run's first registration.
+
+    The catalog is opened in a session of its own (`create`): `connected` would hand back, and
+    then stop, a session this process already holds, on another server (pyspark keeps one per process).
+    """
     deadline = time.monotonic() + settings.start_timeout_seconds
     while not _answers(settings.port):
         if not _still_running(state):
@@ -503,8 +572,11 @@ def _wait_until_it_answers(settings: EngineSettings, state: EngineState) -> None
                 f"log {state.log}"
             )
         time.sleep(0.25)
-    with connected(settings.url) as session:
+    session = ConnectSession.builder.remote(settings.url).create()
+    try:
         session.sql("SHOW DATABASES").collect()
+    finally:
+        session.stop()
 
 
 def _start(
@@ -513,6 +585,11 @@ def _start(
     """`start` and `running()`'s start, under the lock of `settings.home`."""
     running_now = status(settings)
     if running_now is not None:
+        if settings.master not in (None, running_now.master):
+            raise EngineError(
+                f"the Spark engine of {settings.home} already runs on master {running_now.master}, not "
+                f"{settings.master}: stop it first (`alloy-pipeline engine stop`), or leave out --master to use it"
+            )
         if running_now.stop_when_unused and not stop_when_unused:
             running_now = running_now.model_copy(update={"stop_when_unused": False})
             _record(settings, running_now)
@@ -525,6 +602,7 @@ def _start(
         endpoint=settings.endpoint,
         pid=pid,
         log=log,
+        master=settings.master_to_start,
         started=process.started if process else None,
         stop_when_unused=stop_when_unused,
     )
@@ -539,6 +617,9 @@ def _start(
 
 def start(settings: EngineSettings, inherited: Mapping[str, str] | None = None) -> tuple[EngineState, bool]:
     """Start the engine unless it already runs; return it and whether this call started it.
+
+    A running engine is returned only if `settings.master` is None or its master: one on another
+    master is refused (`EngineError`), rather than handing a client the wrong cluster.
 
     The engine then runs until `stop`, even one a `running()` block started: `engine start` is a
     promise to the operator that it stays. A new server inherits what it needs of `inherited`

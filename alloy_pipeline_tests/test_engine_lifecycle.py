@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from alloy_pipeline import engine as engines
-from alloy_pipeline.cli import engine_command
+from alloy_pipeline.cli import engine_command, main
 from alloy_pipeline.engine import IDENTIFYING_SETTINGS, SERVER_CLASS, EngineSettings, EngineState
 
 LISTENER = """
@@ -53,6 +53,7 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen
     launched: list[subprocess.Popen[bytes]] = []
 
     def launch(settings: EngineSettings, inherited: object) -> tuple[int, Path]:
+        engines._new_token(settings)
         server = subprocess.Popen([sys.executable, "-c", LISTENER, str(settings.port), *stand_in_arguments(settings)])
         launched.append(server)
         wait_until(lambda: engines._listens_on(server.pid, settings.port), "the stand-in listens")
@@ -188,3 +189,62 @@ def test_running_never_stops_the_engine_start_started(engine: EngineSettings) ->
     with engines.running(engine) as state:
         assert state == engines.status(engine)
     assert engines.status(engine) == state
+
+
+def test_an_engine_on_another_master_is_refused_not_reused(
+    tmp_path: Path, stand_ins: list[subprocess.Popen[bytes]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`engine start --master spark://…` records its master, which `status` shows; a second start
+    naming another master is refused, and one naming none (`make dev` without SPARK_MASTER, `make
+    sql`) uses the engine that runs."""
+    cluster = "spark://127.0.0.1:7077"
+    engine = ["--data", str(tmp_path), "--port", str(engines.free_port())]
+    assert main(["engine", "start", *engine, "--master", cluster]) == 0
+    assert f"Spark engine started (pid {stand_ins[0].pid}, master {cluster}," in capsys.readouterr().err
+    assert main(["engine", "status", *engine]) == 0
+    assert f"master {cluster}," in capsys.readouterr().err
+
+    assert main(["engine", "start", *engine, "--master", "local[2]"]) == 1
+    assert (
+        f"alloy-pipeline engine start: the Spark engine of {tmp_path / 'engine'} already runs on master {cluster}, "
+        "not local[2]: stop it first" in capsys.readouterr().err
+    )
+    assert main(["engine", "start", *engine]) == 0
+    assert f"already running (pid {stand_ins[0].pid}, master {cluster}," in capsys.readouterr().err
+    assert len(stand_ins) == 1 and stand_ins[0].poll() is None
+
+    assert main(["engine", "stop", *engine]) == 0
+    assert ended(stand_ins[0])
+
+
+@pytest.mark.parametrize("command", ["engine start", "dev"])
+@pytest.mark.parametrize("master", ["yarn", "spark://host", "spark://host:99999", "local[0]", "k8s://https://h:443"])
+def test_a_master_the_engine_cannot_run_on_is_refused_before_anything_starts(
+    command: str, master: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main([*command.split(), "--data", str(tmp_path), "--master", master])
+    assert refused.value.code == 2
+    assert f"argument --master: {master!r} is not a Spark master the engine runs on" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("master", "bound_to_loopback"),
+    [
+        ("local", True),
+        ("local[*]", True),
+        ("local[4,2]", True),
+        ("spark://127.0.0.1:7077", True),
+        ("spark://localhost:7077", True),
+        ("spark://10.0.0.5:7077", False),
+        ("spark://spark-master.internal:7077,spark-standby.internal:7077", False),
+    ],
+)
+def test_a_driver_binds_to_loopback_only_where_every_executor_is_on_this_machine(
+    master: str, bound_to_loopback: bool
+) -> None:
+    """Executors on other hosts must reach the engine's driver: it binds to loopback only for local
+    Spark and a cluster whose master is on loopback."""
+    assert EngineSettings(master=master).master == master
+    assert engines._on_this_machine(master) is bound_to_loopback
