@@ -158,6 +158,10 @@ class EngineSettings(BaseModel):
         description="The cores the engine takes of a cluster in all (`spark.cores.max`); every free core when None.",
     )
     extra_conf: dict[str, str] = Field(default_factory=dict, description="More --conf settings for the server.")
+    java_options: tuple[str, ...] = Field(
+        default=(),
+        description="More options of the engine's JVM (after its Derby settings), e.g. a JIT or GC flag.",
+    )
     start_timeout_seconds: float = Field(default=180, gt=0, description="How long `start` waits for an answer.")
 
     @field_validator("master")
@@ -244,7 +248,13 @@ class EngineSettings(BaseModel):
                 "spark.sql.warehouse.dir": str(warehouse),
                 "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={metastore};create=true",
                 "spark.driver.extraJavaOptions": (
-                    f"-Dderby.system.home={metastore.parent} -Dderby.stream.error.file={self.home.resolve() / 'derby.log'}"
+                    " ".join(
+                        (
+                            f"-Dderby.system.home={metastore.parent}",
+                            f"-Dderby.stream.error.file={self.home.resolve() / 'derby.log'}",
+                            *self.java_options,
+                        )
+                    )
                 ),
             }
             | self.extra_conf
