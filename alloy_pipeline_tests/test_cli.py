@@ -1,0 +1,91 @@
+"""`alloy-pipeline rebuild` and `engine status` as a script calls them: arguments in, exit status, output
+and the runs launched out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from alloy_pipeline import cli
+from alloy_pipeline.engine import EngineSettings
+from alloy_pipeline_tests.harness import REPO, Pipeline
+
+QUERY = "gully_inspections"
+"""The example query without joins: one table per day, the least Spark work a snapshot day can be."""
+DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
+START, END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def dagster_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An empty folder of the test's own as DAGSTER_HOME, where the command records its runs."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def launched(home: Path) -> list[dg.RunRecord]:
+    """The runs recorded in the instance at `home`, oldest first."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return list(reversed(instance.get_run_records()))
+
+
+def test_a_rebuild_longer_than_a_run_is_split_into_runs_of_the_configured_days_in_date_order(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Days 2 and 3 carry day 1 forward: only day 1 needs an extract."""
+    pipeline.keep_only("Gully Inspections").run(DAYS[0], group="alloy_raw")
+    for name in [name for name in os.environ if name.startswith("ALLOY_")]:
+        monkeypatch.delenv(name)
+    catalog = pipeline.session_catalog()
+    for name, value in {
+        "ALLOY_AQS_DIR": str(pipeline.aqs_dir),
+        "ALLOY_RAW_ZONE": pipeline.lake.raw_zone,
+        "ALLOY_REFINED_ZONE": pipeline.lake.refined_zone,
+        "ALLOY_MAPPING_LOCATION": pipeline.mapping_location,
+        "ALLOY_RAW_DATABASE": catalog.raw_database,
+        "ALLOY_REFINED_DATABASE": catalog.refined_database,
+        "ALLOY_SNAPSHOT_DAYS_PER_RUN": "2",
+        "SPARK_REMOTE": pipeline.remote,
+    }.items():
+        monkeypatch.setenv(name, value)
+    home = dagster_home(monkeypatch, tmp_path)
+
+    assert cli.main(["rebuild", "--from", DAYS[0], "--to", DAYS[-1]]) == 0
+    runs = launched(home)
+    assert [(run.dagster_run.tags[START], run.dagster_run.tags[END]) for run in runs] == [
+        (DAYS[0], DAYS[1]),
+        (DAYS[2], DAYS[2]),
+    ]
+    assert {run.dagster_run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+    committed_by = {manifest.day.isoformat(): manifest.run_id for manifest in pipeline.lake.snapshot_manifests(QUERY)}
+    assert committed_by == {day: runs[number // 2].dagster_run.run_id for number, day in enumerate(DAYS)}
+
+
+def test_a_rebuild_to_a_day_before_its_first_is_refused_and_launches_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ALLOY_AQS_DIR", str(REPO / "aqs_queries"))
+    home = dagster_home(monkeypatch, tmp_path)
+    assert cli.main(["rebuild", "--from", DAYS[-1], "--to", DAYS[0]]) == 2
+    assert capsys.readouterr().err == f"--to {DAYS[0]} is before --from {DAYS[-1]}\n"
+    assert list(home.iterdir()) == [], "nothing launched: the instance was not even opened"
+
+
+def test_engine_status_exits_0_and_prints_the_url_while_the_folders_engine_runs(
+    engine: EngineSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["engine", "status", "--data", str(engine.home.parent), "--port", str(engine.port)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == f"{engine.url}\n" and printed.err.startswith("Spark engine running (pid ")
+
+
+def test_engine_status_exits_1_when_no_engine_runs_from_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["engine", "status", "--data", str(tmp_path)]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == f"no Spark engine is running from {tmp_path.resolve() / 'engine'}\n"
