@@ -30,6 +30,7 @@ from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.s3_uri import S3Uri
 
 _NOT_FOUND = ("NoSuchKey", "404")
+_DENIED = ("AccessDenied", "403")
 
 
 def _code(error: ClientError) -> str | None:
@@ -235,7 +236,13 @@ class MappingResource(dg.ConfigurableResource):
         except ClientError as error:
             if _code(error) in _NOT_FOUND:
                 return None
-            raise MappingError(f"mapping file {file.s3}: cannot be read: {error}") from None
+            needs = (
+                " (reading needs s3:GetObject on it, and s3:ListBucket on the bucket, without which S3 "
+                "refuses a missing file the same way)"
+                if _code(error) in _DENIED
+                else ""
+            )
+            raise MappingError(f"mapping file {file.s3}: cannot be read{needs}: {error}") from None
         return Mapping.parse(file.s3, body)
 
     def load(self, names: MappingNames, table: str) -> Mapping | None:
@@ -258,6 +265,6 @@ class MappingResource(dg.ConfigurableResource):
         try:
             keys = [entry["Key"] for page in pages for entry in page.get("Contents", ())]
         except ClientError as error:
-            needs = " (listing needs s3:ListBucket)" if _code(error) == "AccessDenied" else ""
+            needs = " (listing needs s3:ListBucket)" if _code(error) in _DENIED else ""
             raise MappingError(f"mapping location {folder.s3}/: cannot be listed{needs}: {error}") from None
         return tuple(sorted(key[len(folder.key) :] for key in keys if key.endswith(".json")))

@@ -1,10 +1,14 @@
-"""A failed commit never costs the committed version: failures injected at every step of it.
+"""A failed commit never costs the committed version: failures injected at every step of it and
+in the middle of each (a move that copied part of its objects, a write that landed before its
+caller failed).
 
 Three levels. The commit protocol itself, on a local folder and on moto's S3 with the Glue
-catalog (Spark cannot write to S3 here, so the tables are small files). The real raw asset,
-re-running a day through the test engine with its Hive catalog. And a snapshot run killed with
-SIGKILL in the middle of its commit. After every failure the previous version must still be
-what the manifest and the catalog name, complete; the next run clears what was left.
+catalog: Spark cannot write `s3a://` here (the pyspark wheel has no hadoop-aws, and Maven is out
+of reach), so its tables are small files. The real raw asset, on a local lake through the test
+engine and its Hive catalog, failing at each step in turn. And a snapshot run killed with SIGKILL
+in the middle of its commit. Until the manifest write lands, the previous version must still be
+what the manifest and the catalog name, complete; once it has landed, the new version is the
+committed one, complete, whatever the catalog still names; the next run clears what was left.
 """
 
 from __future__ import annotations
@@ -18,17 +22,21 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import boto3
 import dagster as dg
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pytest
 
+from alloy_pipeline import catalog as catalog_module
 from alloy_pipeline.assets.publication import Publisher, runs_alive
 from alloy_pipeline.catalog import CatalogResource
-from alloy_pipeline.commit import ConcurrentCommitError, PartitionCommit
+from alloy_pipeline.commit import ConcurrentCommitError, PartitionCommit, PendingCommit, StagingOwner
 from alloy_pipeline.lake import PENDING, RAW, STAGING, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.s3_uri import for_spark
@@ -38,47 +46,100 @@ from alloy_pipeline_tests.harness import REPO, Pipeline, failure_text, rows_of
 QUERY = "dw_container_job"
 DAY = Day.from_key("2024-03-01")
 TABLES = ("jobs", "streets_1")
+PARTS = ("part-0", "part-1")
+"""Each staged table's files: two, so that a move can fail having copied only some of them."""
 
 
 class Injected(RuntimeError):
     """The failure a test injects; nothing in the pipeline raises it."""
 
 
-@dataclass
-class FailAt:
-    """Raises `Injected` on the `nth` call of one method whose first argument contains `matching`."""
+@dataclass(frozen=True)
+class Fault:
+    """A failure in the `nth` call, made by a commit, of `owner.method` whose first argument after
+    its owner contains `matching`: before the call runs, after it returned (what it wrote has
+    landed), or inside it (a move: on S3, once its copy has copied one object, before it deletes
+    any; locally, where a move is one rename, once the rename is done)."""
 
-    nth: int
+    owner: Any
+    method: str
+    nth: int = 1
     matching: str = ""
-    calls: int = 0
-
-    def wrap(self, original: Callable[..., object]) -> Callable[..., object]:
-        def wrapped(owner: object, first: object, *args: object, **kwargs: object) -> object:
-            if self.matching in str(first):
-                self.calls += 1
-                if self.calls == self.nth:
-                    raise Injected(f"injected failure in {original.__name__}")
-            return original(owner, first, *args, **kwargs)
-
-        return wrapped
+    when: Literal["before", "after", "inside"] = "before"
+    landed: bool = False
+    """Whether the manifest write has landed when the failure fires: the new version is then the
+    committed one."""
 
 
-STEPS = {
-    "pending record": ("write_text", FailAt(1, PENDING)),
-    "first move": ("move_dir", FailAt(1)),
-    "second move": ("move_dir", FailAt(2)),
-    "manifest write": ("write_text_if", FailAt(1, "/manifests/")),
-    "catalog": ("register", FailAt(1)),
-    "old version delete": ("delete_version", FailAt(1)),
+FAULTS = {
+    "pending record": Fault(Zone, "write_text", matching=PENDING),
+    "pending record written": Fault(Zone, "write_text", matching=PENDING, when="after"),
+    "a table's move half done": Fault(Zone, "move_dir", matching="/parquet/", when="inside"),
+    "second move": Fault(Zone, "move_dir", nth=2),
+    "manifest write": Fault(Zone, "write_text_if", matching="/manifests/"),
+    "manifest written": Fault(Zone, "write_text_if", matching="/manifests/", when="after", landed=True),
+    "catalog half done": Fault(catalog_module, "register_in_glue", nth=2, landed=True),
+    "old version delete": Fault(Zone, "delete_version", landed=True),
+    "old version half deleted": Fault(Zone, "delete_version", nth=2, landed=True),
 }
-"""Each step of a commit: the method that does it, and which of its calls to fail."""
-BEFORE_MANIFEST = ("pending record", "first move", "second move", "manifest write")
+"""Each step of a commit in order (the pending record, the moves, the manifest write, the catalog,
+the old version's deletion), failing before it, in its middle or once it is done: each leaves a
+different state. (Failing before the first move leaves what failing once the pending record is
+written does, and failing before the catalog what failing once the manifest is written does.)"""
 
 
-def inject(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
-    method, template = STEPS[step]
-    owner = CatalogResource if method == "register" else Zone
-    monkeypatch.setattr(owner, method, FailAt(template.nth, template.matching).wrap(getattr(owner, method)))
+def inject(monkeypatch: pytest.MonkeyPatch, fault: Fault) -> None:
+    """Arm `fault` for the commits (`Publisher.publish`) made while `monkeypatch` holds; the
+    recovery a run does before its commit neither counts nor fails."""
+    original = getattr(fault.owner, fault.method)
+    publish = Publisher.publish
+    armed, calls = [False], [0]
+
+    def publishing(self: Publisher, *args: Any, **kwargs: Any) -> None:
+        armed[0] = True
+        try:
+            publish(self, *args, **kwargs)
+        finally:
+            armed[0] = False
+
+    def failing(owner: Any, first: Any, *args: Any, **kwargs: Any) -> Any:
+        if not (armed[0] and fault.matching in str(first)):
+            return original(owner, first, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] != fault.nth:
+            return original(owner, first, *args, **kwargs)
+        message = f"injected failure {fault.when} {fault.method} #{fault.nth}"
+        if fault.when == "before":
+            raise Injected(message)
+        if fault.when == "inside" and not owner.local:
+            with pytest.MonkeyPatch.context() as inside:
+                inside.setattr(pafs, "copy_files", copying_one_object_then_failing(pafs.copy_files, message))
+                return original(owner, first, *args, **kwargs)
+        original(owner, first, *args, **kwargs)
+        raise Injected(message)
+
+    monkeypatch.setattr(Publisher, "publish", publishing)
+    monkeypatch.setattr(fault.owner, fault.method, failing)
+
+
+def copying_one_object_then_failing(copy_files: Callable[..., None], message: str) -> Callable[..., None]:
+    """pyarrow's `copy_files` of a folder, stopped once it has really copied the folder's first object."""
+
+    def copy_one(
+        source: str, destination: str, *, source_filesystem: pafs.FileSystem, destination_filesystem: pafs.FileSystem
+    ) -> None:
+        selector = pafs.FileSelector(source, recursive=True)
+        files = sorted(info.path for info in source_filesystem.get_file_info(selector) if info.is_file)
+        assert len(files) > 1, "a move that stops half-way needs a folder of several objects"
+        copy_files(
+            files[0],
+            destination + files[0].removeprefix(source),
+            source_filesystem=source_filesystem,
+            destination_filesystem=destination_filesystem,
+        )
+        raise Injected(f"{message}, after copying 1 of {len(files)} objects")
+
+    return copy_one
 
 
 def local(location: str) -> Path:
@@ -109,10 +170,9 @@ def no_run_alive(run_id: str) -> bool:
     return False
 
 
-def publisher(
-    lake: LakeResource, catalog: CatalogResource, spark, alive: Callable[[str], bool] = no_run_alive
-) -> Publisher:
-    return Publisher(lake, catalog, spark, RAW, QUERY, logging.getLogger("test"), alive)
+def publisher(lake: LakeResource, catalog: CatalogResource, alive: Callable[[str], bool] = no_run_alive) -> Publisher:
+    """A publisher registering in Glue, which needs no Spark session."""
+    return Publisher(lake, catalog, None, RAW, QUERY, logging.getLogger("test"), alive)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -138,7 +198,8 @@ def stage_version(pub: Publisher, label: str) -> Staged:
     zone = pub.zone
     commit = pub.begin(DAY, run_id=label)
     for table in TABLES:
-        zone.write_text(f"{commit.staging}/parquet/{table}/part-0.parquet", f"{table} {label}")
+        for part in PARTS:
+            zone.write_text(f"{commit.staging}/parquet/{table}/{part}", f"{table} {part} {label}")
     zone.write_text(f"{commit.staging}/csv/Jobs.csv", f"csv {label}")
     manifest = RawManifest(
         query=QUERY,
@@ -172,61 +233,75 @@ def glue_location(catalog: CatalogResource, table: str) -> str:
     return for_spark(partition["StorageDescriptor"]["Location"])
 
 
+def assert_table_whole(lake: LakeResource, location: str, table: str, label: str) -> None:
+    """The folder at `location` holds exactly `table`'s files of `label`'s version."""
+    folder = lake.raw.relative_of(location)
+    assert lake.raw.list_names(folder) == list(PARTS)
+    assert [lake.raw.read_text(f"{folder}/{part}") for part in PARTS] == [f"{table} {part} {label}" for part in PARTS]
+
+
 def assert_whole(lake: LakeResource, manifest: RawManifest, label: str) -> None:
     """Every file of `manifest`'s version is there and is `label`'s."""
-    zone = lake.raw
     for table, entry in manifest.tables.items():
-        assert zone.read_text(f"{zone.relative_of(entry.path)}/part-0.parquet") == f"{table} {label}"
-    assert zone.read_text(f"{landing_dir(QUERY, DAY, manifest.version)}/Jobs.csv") == f"csv {label}"
+        assert_table_whole(lake, entry.path, table, label)
+    assert lake.raw.read_text(f"{landing_dir(QUERY, DAY, manifest.version)}/Jobs.csv") == f"csv {label}"
 
 
-def versions_on_disk(lake: LakeResource) -> set[str]:
-    zone = lake.raw
-    folders = [landing_dir(QUERY, DAY)] + [RAW.table_dir(QUERY, table, DAY, "x").rsplit("/", 1)[0] for table in TABLES]
-    return {name for folder in folders for name in zone.list_names(folder)}
+def day_folders(tables: Iterable[str]) -> list[str]:
+    """DAY's folders that hold one version folder per materialisation: its CSVs' and each table's."""
+    hive = DAY.segments(RAW.partition_prefix)
+    return [landing_dir(QUERY, DAY), *(f"{RAW.table_root(QUERY, table)}/{hive}" for table in tables)]
 
 
-@pytest.mark.parametrize("step", list(STEPS))
+def versions_on_disk(lake: LakeResource, tables: Iterable[str] = TABLES) -> set[str]:
+    return {name for folder in day_folders(tables) for name in lake.raw.list_names(folder)}
+
+
+def assert_nothing_pending(lake: LakeResource) -> None:
+    for leftover in (f"{PENDING}/{QUERY}", f"{STAGING}/{QUERY}"):
+        assert lake.raw.list_names(leftover) == [], f"{leftover} is cleared"
+
+
+@pytest.mark.parametrize("step", list(FAULTS))
 def test_a_failure_at_any_step_of_a_commit_keeps_a_whole_committed_version(
-    step: str, lake: LakeResource, glue: CatalogResource, spark, monkeypatch: pytest.MonkeyPatch
+    step: str, lake: LakeResource, glue: CatalogResource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pub = publisher(lake, glue, spark)
+    fault = FAULTS[step]
+    pub = publisher(lake, glue)
     old = publish_version(pub, "old")
+    new = stage_version(pub, "new")
     with monkeypatch.context() as patched:
-        inject(patched, step)
-        with pytest.raises(Injected):
-            publish_version(pub, "new")
+        inject(patched, fault)
+        with pytest.raises(Exception, match="injected failure"):
+            new.publish(pub)
 
-    [committed] = lake.raw_manifests(QUERY)
-    if step in BEFORE_MANIFEST:
-        assert committed == old
-    assert_whole(lake, committed, "old" if committed == old else "new")
+    committed, label = (new.manifest, "new") if fault.landed else (old, "old")
+    assert lake.raw_manifests(QUERY) == [committed]
+    assert_whole(lake, committed, label)
     for table in TABLES:
         location = glue_location(glue, table)
-        assert location in (old.tables[table].path, committed.tables[table].path)
-        assert lake.raw.read_text(f"{lake.raw.relative_of(location)}/part-0.parquet").startswith(table), (
-            "the catalog names a version that is whole"
-        )
+        if location == old.tables[table].path:
+            assert_table_whole(lake, location, table, "old")
+        else:
+            assert fault.landed and location == new.manifest.tables[table].path, "the catalog names old or committed"
+            assert_table_whole(lake, location, table, "new")
 
     pub.recover()
     assert versions_on_disk(lake) == {committed.version}
     assert [glue_location(glue, table) for table in TABLES] == [committed.tables[table].path for table in TABLES]
-    for leftover in (f"{PENDING}/{QUERY}", f"{STAGING}/{QUERY}"):
-        assert lake.raw.list_names(leftover) == []
-
-    newest = publish_version(pub, "newest")
-    assert versions_on_disk(lake) == {newest.version}
-    assert_whole(lake, newest, "newest")
+    assert_nothing_pending(lake)
 
 
-def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: CatalogResource, spark, monkeypatch) -> None:
+def test_recovery_waits_for_the_grace_period(
+    tmp_path: Path, glue: CatalogResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake = LakeResource(
         raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=60
     )
-    pub = publisher(lake, glue, spark)
+    pub = publisher(lake, glue)
     old = publish_version(pub, "old")
     with monkeypatch.context() as patched:
-        inject(patched, "manifest write")
+        inject(patched, FAULTS["manifest write"])
         with pytest.raises(Injected):
             publish_version(pub, "new")
     pub.recover()
@@ -236,19 +311,19 @@ def test_recovery_waits_for_the_grace_period(tmp_path: Path, glue: CatalogResour
 
 
 def test_recovery_never_touches_the_staging_or_commit_of_a_run_still_alive(
-    tmp_path: Path, glue: CatalogResource, spark, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, glue: CatalogResource, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run that polled Alloy for hours began its version long ago; another run's recovery, with
     no grace at all, runs while it stages, and again between its last move and its manifest write."""
     lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=0)
-    other = publisher(lake, glue, spark, alive=runs_alive(instance, "another-run"))
+    other = publisher(lake, glue, alive=runs_alive(instance, "another-run"))
     old = publish_version(other, "old")
-    moves = FailAt(0)
+    moved: list[str] = []
     move_dir, write_text = Zone.move_dir, Zone.write_text
 
     def recovering_after_each_move(zone: Zone, source: str, target: str) -> None:
         move_dir(zone, source, target)
-        moves.calls += 1
+        moved.append(target)
         other.recover()
 
     def recovering_once_staged(zone: Zone, relative: str, text: str) -> None:
@@ -259,7 +334,7 @@ def test_recovery_never_touches_the_staging_or_commit_of_a_run_still_alive(
 
     @dg.asset
     def long_raw_run(context) -> None:  # noqa: ANN001 (dagster resolves the annotation, which this module defers)
-        mine = publisher(lake, glue, spark, alive=runs_alive(context.instance, context.run.run_id))
+        mine = publisher(lake, glue, alive=runs_alive(context.instance, context.run.run_id))
         with monkeypatch.context() as patched:
             patched.setattr(Zone, "write_text", recovering_once_staged)
             patched.setattr(Zone, "move_dir", recovering_after_each_move)
@@ -267,46 +342,45 @@ def test_recovery_never_touches_the_staging_or_commit_of_a_run_still_alive(
 
     result = dg.materialize([long_raw_run], instance=instance)
     [committed] = lake.raw_manifests(QUERY)
-    assert committed != old and moves.calls == len(TABLES) + 1
+    assert committed != old and len(moved) == len(TABLES) + 1
     assert_whole(lake, committed, result.run_id)
     assert versions_on_disk(lake) == {committed.version}
 
 
 def test_grace_is_measured_from_the_commit_not_from_the_run_start(
-    tmp_path: Path, glue: CatalogResource, spark, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, glue: CatalogResource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A commit of a run the instance does not know, recorded a minute ago by a run that began hours ago."""
     lake = LakeResource(
         raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"), cleanup_grace_minutes=60
     )
-    pub = publisher(lake, glue, spark)
+    pub = publisher(lake, glue)
     old = publish_version(pub, "old")
     hours_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=5)
     monkeypatch.setattr(
         "alloy_pipeline.commit.new_version", lambda: f"{VERSION_PREFIX}{hours_ago:%Y%m%dT%H%M%SZ}_0a1b2c3d4e5f"
     )
     with monkeypatch.context() as patched:
-        inject(patched, "manifest write")
+        inject(patched, FAULTS["manifest write"])
         with pytest.raises(Injected):
             publish_version(pub, "new")
     pub.recover()
     assert len(versions_on_disk(lake)) == 2, "recorded a moment ago: the commit may still be running"
     no_grace = lake.model_copy(update={"cleanup_grace_minutes": 0})
-    publisher(no_grace, glue, spark).recover()
+    publisher(no_grace, glue).recover()
     assert versions_on_disk(lake) == {old.version}, "once the grace has passed, the dead run's commit is undone"
 
 
 def test_a_failed_commit_beside_a_damaged_manifest_does_not_block_the_days_repair(
     lake: LakeResource,
     glue: CatalogResource,
-    spark,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pub = publisher(lake, glue, spark)
+    pub = publisher(lake, glue)
     publish_version(pub, "old")
     with monkeypatch.context() as patched:
-        inject(patched, "manifest write")
+        inject(patched, FAULTS["manifest write"])
         with pytest.raises(Injected):
             publish_version(pub, "failed")
     manifest_path = RAW.manifest_path(QUERY, DAY)
@@ -325,13 +399,13 @@ def test_a_failed_commit_beside_a_damaged_manifest_does_not_block_the_days_repai
 
 
 def test_a_second_run_that_committed_meanwhile_wins_and_the_first_commits_nothing(
-    lake: LakeResource, glue: CatalogResource, spark
+    lake: LakeResource, glue: CatalogResource
 ) -> None:
-    pub = publisher(lake, glue, spark)
+    pub = publisher(lake, glue)
     publish_version(pub, "old")
     slow = pub.begin(DAY, run_id="slow")
     fast = publish_version(pub, "fast")
-    lake.raw.write_text(f"{slow.staging}/parquet/jobs/part-0.parquet", "jobs slow")
+    lake.raw.write_text(f"{slow.staging}/parquet/jobs/part-0", "jobs slow")
     with pytest.raises(ConcurrentCommitError, match=f"partition {DAY.key}.*another run committed"):
         slow.apply("{}", {f"{slow.staging}/parquet/jobs": RAW.table_dir(QUERY, "jobs", DAY, slow.version)}, ())
     assert lake.raw_manifests(QUERY) == [fast]
@@ -345,7 +419,7 @@ def test_two_runs_past_the_last_check_together_commit_exactly_one_version(
 ) -> None:
     """Runs A and B begin the day (empty, or holding a version) and stage theirs; A passes its last
     check before the manifest write, and there, before A writes, B commits. A's write must fail."""
-    pub = publisher(lake, glue, spark=None)
+    pub = publisher(lake, glue)
     if not first_commit:
         publish_version(pub, "old")
     a, b = stage_version(pub, "A"), stage_version(pub, "B")
@@ -363,12 +437,47 @@ def test_two_runs_past_the_last_check_together_commit_exactly_one_version(
         a.publish(pub)
 
     assert checks == {"A": 2, "B": 2}, "B committed between A's last check and A's manifest write"
-    assert lake.raw_manifests(QUERY) == [b.manifest]
-    assert_whole(lake, b.manifest, "B")
-    assert [glue_location(glue, table) for table in TABLES] == [b.manifest.tables[table].path for table in TABLES]
-    assert versions_on_disk(lake) == {b.commit.version}, "A removed its version folders; B retired the old one"
-    for leftover in (f"{PENDING}/{QUERY}", f"{STAGING}/{QUERY}"):
-        assert lake.raw.list_names(leftover) == [], "nothing of A's commit is left"
+    assert_only_the_winner_committed(lake, glue, b)
+
+
+def test_a_run_that_commits_between_the_others_moves_and_its_manifest_write_makes_it_withdraw(
+    lake: LakeResource, glue: CatalogResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B commits the day the moment A's last move returns: A's check after its moves finds the
+    manifest changed, so A withdraws before it even tries its (conditional) manifest write."""
+    pub = publisher(lake, glue)
+    publish_version(pub, "old")
+    a, b = stage_version(pub, "A"), stage_version(pub, "B")
+    move_dir, write_text_if = Zone.move_dir, Zone.write_text_if
+    manifest_writers: list[str] = []
+
+    def b_commits_once_a_has_moved(zone: Zone, source: str, target: str) -> None:
+        move_dir(zone, source, target)
+        if target == list(a.moves.values())[-1]:
+            b.publish(pub)
+
+    def recording_manifest_writes(zone: Zone, relative: str, text: str, expected: object) -> bool:
+        manifest_writers.append(RawManifest.model_validate_json(text).run_id)
+        return write_text_if(zone, relative, text, expected)
+
+    monkeypatch.setattr(Zone, "move_dir", b_commits_once_a_has_moved)
+    monkeypatch.setattr(Zone, "write_text_if", recording_manifest_writes)
+    with pytest.raises(ConcurrentCommitError, match=f"query {QUERY}, partition {DAY.key}: another run committed"):
+        a.publish(pub)
+
+    assert manifest_writers == ["B"], "A withdrew at its check after the moves, before any manifest write"
+    assert_only_the_winner_committed(lake, glue, b)
+
+
+def assert_only_the_winner_committed(lake: LakeResource, glue: CatalogResource, winner: Staged) -> None:
+    """The day is `winner`'s version alone, whole and in the catalog; nothing of the loser is left."""
+    assert lake.raw_manifests(QUERY) == [winner.manifest]
+    assert_whole(lake, winner.manifest, winner.manifest.run_id)
+    assert [glue_location(glue, table) for table in TABLES] == [winner.manifest.tables[t].path for t in TABLES]
+    assert versions_on_disk(lake) == {winner.commit.version}, (
+        "the loser removed its folders; the winner retired the old"
+    )
+    assert_nothing_pending(lake)
 
 
 def test_a_conditional_write_refuses_a_changed_file_and_counts_its_own_landed_write(lake: LakeResource) -> None:
@@ -407,36 +516,79 @@ def catalog_location(jobs: Pipeline, table: str, day: Day) -> str:
     return next(row["data_type"] for row in rows if row["col_name"] == "Location")
 
 
-def table_rows(jobs: Pipeline, manifest: RawManifest) -> dict[str, list[tuple]]:
-    return {table: rows_of(jobs.spark.read.parquet(entry.path)) for table, entry in manifest.tables.items()}
+ASSET_FAULTS = {
+    "pending record": FAULTS["pending record"],
+    "second move": FAULTS["second move"],
+    "manifest write": FAULTS["manifest write"],
+    "manifest written": FAULTS["manifest written"],
+    "catalog half done": Fault(catalog_module, "register_in_session", nth=2, landed=True),
+    "old version half deleted": FAULTS["old version half deleted"],
+}
+"""A failure at each step of the raw asset's commit, each leaving a different state: a staging
+alone, some folders moved, all moved, the manifest written, the catalog half pointed, the old
+version half deleted."""
 
 
-@pytest.mark.parametrize("step", ["second move", "catalog"])
-def test_a_raw_day_rerun_that_fails_mid_commit_keeps_the_day(
-    step: str, jobs: Pipeline, monkeypatch: pytest.MonkeyPatch
+def leftovers(zone: Zone) -> tuple[set[str], list[PendingCommit]]:
+    """The runs that own a staging folder, and the commits recorded as in progress."""
+    folder = f"{STAGING}/{QUERY}"
+    owners = {
+        StagingOwner.model_validate_json(zone.read_text(f"{folder}/{name}")).run_id
+        for name in zone.list_names(folder)
+        if name.endswith(".json")
+    }
+    records = f"{PENDING}/{QUERY}"
+    return owners, [
+        PendingCommit.model_validate_json(zone.read_text(f"{records}/{n}")) for n in zone.list_names(records)
+    ]
+
+
+def assert_whole_and_catalogued(jobs: Pipeline, committed: RawManifest, replaced: RawManifest | None = None) -> None:
+    """Each table of `committed` holds all its rows (counted from its parquet files' footers), and the
+    catalog names that table's version, or the one it `replaced` (still whole), which the catalog
+    may name until the next run."""
+    for table, entry in committed.tables.items():
+        location = local(catalog_location(jobs, table, DAY))
+        versions = {local(m.tables[table].path): m.tables[table] for m in (committed, replaced) if m is not None}
+        assert location in versions, f"{table}: the catalog names {location}, neither committed nor replaced"
+        named = versions[location]
+        for path, rows in {entry.path: entry.rows, named.path: named.rows}.items():
+            assert pads.dataset(local(path), format="parquet").count_rows() == rows, f"{path} is whole"
+
+
+def test_a_raw_day_rerun_failing_at_each_step_of_its_commit_keeps_the_day(
+    jobs: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Re-runs of a day on a local lake through the real raw asset, each failing at the next step of
+    its commit: each run's recovery first clears what the failure before it left."""
     jobs.run(DAY.key, group="alloy_raw")
-    old = jobs.raw_manifest(QUERY, DAY.key)
-    old_rows = table_rows(jobs, old)
-    jobs.simulator.dataset.simulate_day(seed=1)
-
-    with monkeypatch.context() as patched:
-        inject(patched, step)
-        result = jobs.run(DAY.key, group="alloy_raw", raise_on_error=False)
-    assert not result.success and "injected failure" in failure_text(result)
-
     committed = jobs.raw_manifest(QUERY, DAY.key)
-    if step in BEFORE_MANIFEST:
-        assert committed == old and table_rows(jobs, committed) == old_rows
-    location = local(catalog_location(jobs, QUERY, DAY))
-    assert location in (local(old.tables[QUERY].path), local(committed.tables[QUERY].path))
-    assert jobs.spark.read.parquet(str(location)).count() > 0, "the catalog's partition is readable"
+    for step, fault in ASSET_FAULTS.items():
+        before = committed
+        with monkeypatch.context() as patched:
+            inject(patched, fault)
+            result = jobs.run(DAY.key, group="alloy_raw", raise_on_error=False)
+        assert not result.success and "injected failure" in failure_text(result), step
+
+        owners, pending = leftovers(jobs.lake.raw)
+        assert owners == {result.run_id}, f"{step}: the staging the failure before left is cleared"
+        assert [commit.run_id for commit in pending] == ([] if step == "pending record" else [result.run_id]), step
+        committed = jobs.raw_manifest(QUERY, DAY.key)
+        if fault.landed:
+            assert committed.run_id == result.run_id, f"{step}: the manifest write landed, the new version is committed"
+        else:
+            assert committed == before, f"{step}: the version before is still the committed one"
+        assert_whole_and_catalogued(jobs, committed, before if fault.landed else None)
+        mine = {commit.version for commit in pending}
+        assert versions_on_disk(jobs.lake, committed.tables) <= {before.version, *mine}, f"{step}: the rest is cleared"
 
     jobs.run(DAY.key, group="alloy_raw")
-    rerun = jobs.raw_manifest(QUERY, DAY.key)
-    assert local(catalog_location(jobs, QUERY, DAY)) == local(rerun.tables[QUERY].path)
-    day_folder = local(rerun.tables[QUERY].path).parent
-    assert [path.name for path in day_folder.iterdir()] == [rerun.version], "the next run cleared the rest"
+    final = jobs.raw_manifest(QUERY, DAY.key)
+    assert_whole_and_catalogued(jobs, final)
+    assert [jobs.lake.raw.list_names(folder) for folder in day_folders(final.tables)] == [[final.version]] * (
+        1 + len(final.tables)
+    ), "the last run cleared the rest"
+    assert_nothing_pending(jobs.lake)
 
 
 # -- a process killed in the middle of a commit ------------------------------------------------

@@ -248,6 +248,29 @@ def test_a_nested_file_or_one_outside_the_prefix_is_not_listed(bucket: str) -> N
     assert MappingResource(location=f"s3a://{bucket}/mapping-files").list_files() == ("q_t.json",)
 
 
+def test_a_mapping_file_s3_refuses_to_serve_is_an_error_naming_it_not_no_mapping(bucket: str) -> None:
+    """A bucket policy denies s3:GetObject on one file, which moto enforces as S3 does (403); its
+    table must not be snapshotted unrenamed as if the file were not there."""
+    client = boto3.client("s3")
+    refused = f"mapping-files/{SLUG_NAME}"
+    client.put_object(Bucket=bucket, Key=refused, Body=b'{"title": "job_title"}')
+    denied = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{bucket}/{refused}",
+    }
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [denied]}))
+    mappings = MappingResource(location=f"s3://{bucket}/mapping-files/")
+
+    with pytest.raises(MappingError) as raised:
+        mappings.load(DW_CONTAINER_JOB, "dw_container_job")
+    assert str(raised.value).startswith(
+        f"mapping file s3://{bucket}/{refused}: cannot be read (reading needs s3:GetObject on it"
+    )
+    assert mappings.load(DW_CONTAINER_JOB, "waste_container_1") is None, "a file that is not there is still none"
+
+
 def test_a_missing_folder_lists_nothing_and_maps_nothing(tmp_path: Path) -> None:
     missing = MappingResource(location=str(tmp_path / "absent"))
     assert missing.list_files() == ()
