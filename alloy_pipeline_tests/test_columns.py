@@ -3,6 +3,7 @@ import random
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
 from alloy_pipeline.columns import (
     RESERVED_COLUMNS,
@@ -34,18 +35,24 @@ def test_clean_name(header: str, cleaned: str) -> None:
     assert clean_name(header) == cleaned
 
 
-def test_duplicate_headers_take_their_column_index_like_spark() -> None:
-    headers = ["Item ID", "Title", "Notes", "Status", "Depth (mm)", "Inspector", "Notes", "", "Title"]
+def test_duplicate_headers_take_their_column_index_like_spark(spark: SparkSession, tmp_path: Path) -> None:
+    """The old Glue jobs let Spark's CSV reader name the columns, and mapping files use those names,
+    cleaned: Spark suffixes a header repeated in any case with its index and names a blank one `_c<index>`."""
+    headers = ["Item ID", "Title", "Notes", "", "Depth (mm)", "notes", "Title", "DEPTH (MM)", ""]
+    csv_file = tmp_path / "headers.csv"
+    csv_file.write_text(",".join(headers) + "\n" + ",".join(str(index) for index in range(len(headers))) + "\n")
+    sparks = spark.read.csv(str(csv_file), header=True).columns
+    assert clean_headers(headers) == [clean_name(name) for name in sparks]
     assert clean_headers(headers) == [
         "item_id",
         "title1",
         "notes2",
-        "status",
-        "depth_mm",
-        "inspector",
-        "notes6",
-        "_c7",
-        "title8",
+        "_c3",
+        "depth_mm_4",
+        "notes5",
+        "title6",
+        "depth_mm_7",
+        "_c8",
     ]
 
 

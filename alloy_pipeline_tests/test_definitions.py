@@ -1,4 +1,6 @@
+import datetime as dt
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
@@ -9,13 +11,26 @@ from alloy_pipeline.definitions import build_definitions
 from alloy_pipeline.naming import raw_key, snapshot_key
 
 REPO = Path(__file__).resolve().parents[1]
+LONDON = ZoneInfo("Europe/London")
 
 
 @pytest.fixture
-def definitions(monkeypatch: pytest.MonkeyPatch) -> dg.Definitions:
+def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("ALLOY_AQS_DIR", str(REPO / "aqs_queries"))
     monkeypatch.setenv("ALLOY_API_KEY", "test-key")
+    return monkeypatch
+
+
+@pytest.fixture
+def definitions(environment: pytest.MonkeyPatch) -> dg.Definitions:
     return build_definitions()
+
+
+def tick(definitions: dg.Definitions, schedule: str, at: dt.datetime) -> tuple[list[dg.RunRequest], str | None]:
+    """The runs `schedule` asks for when the daemon ticks it at `at`, and why it skips if it does."""
+    context = dg.build_schedule_context(scheduled_execution_time=at, repository_def=definitions.get_repository_def())
+    evaluated = definitions.resolve_schedule_def(schedule).evaluate_tick(context)
+    return list(evaluated.run_requests or []), evaluated.skip_message
 
 
 def test_asset_keys_match_the_aqs_files(definitions: dg.Definitions) -> None:
@@ -49,18 +64,32 @@ def test_schedules_run_at_three_in_london(definitions: dg.Definitions) -> None:
     assert (weekly.cron_schedule, weekly.execution_timezone) == ("0 3 * * 0", "Europe/London")
 
 
-def test_schedule_asks_for_the_day_just_ended(definitions: dg.Definitions) -> None:
-    import datetime as dt
-    from zoneinfo import ZoneInfo
+@pytest.mark.parametrize(
+    ("schedule", "at", "day"),
+    [
+        ("alloy_daily_schedule", dt.datetime(2024, 4, 1, 3, tzinfo=LONDON), "2024-03-31"),
+        ("alloy_daily_schedule", dt.datetime(2024, 10, 28, 3, tzinfo=LONDON), "2024-10-27"),
+        ("alloy_weekly_full_refresh_schedule", dt.datetime(2024, 3, 31, 3, tzinfo=LONDON), "2024-03-30"),
+    ],
+    ids=["monday-after-a-23-hour-day", "monday-after-a-25-hour-day", "sunday"],
+)
+def test_schedule_asks_for_the_day_just_ended(
+    definitions: dg.Definitions, schedule: str, at: dt.datetime, day: str
+) -> None:
+    """A London day, whatever its length; one run per day and schedule, however often the tick is retried."""
+    [request], _ = tick(definitions, schedule, at)
+    assert (request.partition_key, request.run_key) == (day, f"{schedule}:{day}")
 
-    weekly = definitions.resolve_schedule_def("alloy_weekly_full_refresh_schedule")
-    sunday = dt.datetime(2024, 3, 31, 3, 0, tzinfo=ZoneInfo("Europe/London"))
-    with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(
-            instance=instance, scheduled_execution_time=sunday, repository_def=definitions.get_repository_def()
-        )
-        [request] = weekly.evaluate_tick(context).run_requests
-    assert request.partition_key == "2024-03-30"
+
+def test_no_run_is_asked_for_a_day_before_the_calendar_starts(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("ALLOY_PARTITIONS_START", "2024-04-01")
+    definitions = build_definitions()
+    assert tick(definitions, "alloy_daily_schedule", dt.datetime(2024, 4, 1, 3, tzinfo=LONDON)) == (
+        [],
+        "no complete day since ALLOY_PARTITIONS_START yet",
+    )
+    [request], _ = tick(definitions, "alloy_daily_schedule", dt.datetime(2024, 4, 2, 3, tzinfo=LONDON))
+    assert request.partition_key == "2024-04-01"
 
 
 def test_weekly_job_asks_every_raw_asset_for_a_full_refresh(definitions: dg.Definitions) -> None:
@@ -78,7 +107,8 @@ def test_a_bad_aqs_file_stops_the_code_location(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_instance_configuration_allows_one_run_per_partition() -> None:
-    """`make dev` and production use deploy/dagster.yaml; a second run of a partition must queue."""
+    """`make dev` and production use deploy/dagster.yaml; a second run of a partition must queue (the
+    daemon queueing runs by it: test_system_queue.py)."""
     overrides = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     with dg.instance_for_test(overrides=overrides) as instance:
         limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits

@@ -105,6 +105,7 @@ def test_parallel_steps_are_clients_of_one_engine(engine: EngineSettings, spark:
         }
         output = materialize_in_subprocess("2024-03-01", environment)
     assert "in-memory catalog" not in output
+    assert "Executing steps using multiprocess executor" in output, "a run of several steps runs them in processes"
     assert f"on {engine.endpoint}" in output, "each step logs the engine it talks to"
     assert token_of(engine) not in output, "and never its token"
 
@@ -139,14 +140,15 @@ def test_local_spark_without_spark_remote(simulator: AlloySimulator, tmp_path: P
     )
     assert manifest.tables["graffiti_reports"].rows == pq.read_table(manifest.tables["graffiti_reports"].path).num_rows
     assert "registering in local Spark's in-memory catalog, which ends with this step" in output
+    assert "Executing steps in process" in output, "a run of one step runs it in the run's own process"
 
 
 def test_import_timestamp_is_utc_whatever_the_time_zones(
     engine: EngineSettings, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The engine defaults to another time zone, and the step's machine to a third."""
-    fresh = ConnectSession.builder.remote(engine.url).create()
-    assert fresh.conf.get("spark.sql.session.timeZone") == ENGINE_TIME_ZONE
+    with ConnectSession.builder.remote(engine.url).create() as fresh:
+        assert fresh.conf.get("spark.sql.session.timeZone") == ENGINE_TIME_ZONE
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
     try:

@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 import json
 import re
+import uuid
 from pathlib import Path
 
 import boto3
@@ -25,7 +26,8 @@ from alloy_pipeline.assets.raw import (
 from alloy_pipeline.lake import LakeResource, TableOutput
 from alloy_pipeline.naming import raw_key
 from alloy_pipeline.partitions import Day
-from alloy_pipeline_tests.harness import API_KEY, RUN_TIME_COLUMNS, Pipeline, failure_text, rows_of
+from alloy_pipeline.schedules import build_schedules
+from alloy_pipeline_tests.harness import API_KEY, PARTITIONS, RUN_TIME_COLUMNS, Pipeline, failure_text, rows_of
 
 GRAFFITI = "designs_graffitiReport"
 STATUS = "attributes_graffitiStatus"
@@ -185,13 +187,55 @@ def test_failed_task_leaves_no_partition_and_keeps_the_previous_version(pipeline
     )
 
 
-def test_full_refresh_config_forces_a_full_extract(pipeline: Pipeline) -> None:
+def edited_after(body: dict) -> dt.datetime | None:
+    """Where an export request's edited-since filter (lastEditDate GreaterThan) starts, read as Alloy
+    reads it; None for a request of every item."""
+    nodes = list(body["aqs"].get("children", ()))
+    while nodes:
+        node = nodes.pop()
+        if node["type"] == "GreaterThan" and node["children"][0]["properties"]["itemPropertyName"] == "lastEditDate":
+            [value] = node["children"][1]["properties"]["value"]
+            return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
+        nodes.extend(node.get("children", ()))
+    return None
+
+
+def test_the_weekly_job_exports_every_item_and_the_next_day_asks_from_it_less_the_overlap(pipeline: Pipeline) -> None:
+    """Sunday's alloy_weekly_full_refresh, the job its schedule launches, asks for a full export though
+    an incremental was due (its raw step only: its snapshot step is the daily job's); Monday's run,
+    with overlap_minutes 15, for the edits since Sunday's request less 15 minutes."""
     pipeline.keep_only("Gully Inspections")
+    query = "gully_inspections"
     pipeline.run("2024-03-01", group="alloy_raw")
-    pipeline.run("2024-03-02", group="alloy_raw", full_refresh=True)
-    day2 = pipeline.raw_manifest("gully_inspections", "2024-03-02")
-    assert day2.kind == "full" and day2.watermark is None
-    assert day2.tables["gully_inspections"].rows == pipeline.simulator.dataset.count("designs_gullyInspection")
+    code_location = dg.Definitions.merge(
+        dg.Definitions(assets=pipeline.assets(), resources=pipeline.resources()),
+        build_schedules([query], PARTITIONS),
+    )
+    weekly = code_location.resolve_job_def("alloy_weekly_full_refresh")
+    assert weekly.execute_in_process(
+        partition_key="2024-03-02", instance=pipeline.instance, asset_selection=[raw_key(query)]
+    ).success
+    sunday = pipeline.raw_manifest(query, "2024-03-02")
+    assert sunday is not None and sunday.kind == "full" and sunday.watermark is None
+    assert sunday.tables[query].rows == pipeline.simulator.dataset.count("designs_gullyInspection")
+    first, full = exports_sent(pipeline.simulator)
+    assert edited_after(first) is None and full == first, "the query as written, without an edited-since filter"
+
+    overlap = {"ops": {raw_key(query).to_python_identifier(): {"config": {"overlap_minutes": 15}}}}
+    dg.materialize(
+        pipeline.assets(),
+        selection=dg.AssetSelection.groups("alloy_raw"),
+        resources=pipeline.resources(),
+        partition_key="2024-03-03",
+        run_config=overlap,
+        instance=pipeline.instance,
+    )
+    monday = pipeline.raw_manifest(query, "2024-03-03")
+    assert monday is not None and monday.kind == "incremental"
+    since = sunday.requested_at - dt.timedelta(minutes=15)
+    sent = edited_after(exports_sent(pipeline.simulator)[-1])
+    assert monday.watermark == since and sent is not None
+    assert dt.timedelta(0) <= since - sent < dt.timedelta(milliseconds=1), "Alloy reads it to the millisecond"
 
 
 def test_a_task_that_miscounts_its_items_fails_the_row_count_check_and_keeps_the_day(pipeline: Pipeline) -> None:
@@ -254,9 +298,11 @@ def test_repeated_and_missing_item_ids_fail_the_unique_check_naming_a_few(spark,
 
 
 def test_api_key_from_secrets_manager(pipeline: Pipeline, aws: str) -> None:
+    """The secret is named per test: moto's server, and so its secrets, last the whole session."""
     pipeline.keep_only("Graffiti Reports")
-    boto3.client("secretsmanager").create_secret(Name="alloy/api-key", SecretString=API_KEY)
-    pipeline.api_key_secret_id = "alloy/api-key"
+    secret_id = f"alloy/api-key-{uuid.uuid4().hex[:8]}"
+    boto3.client("secretsmanager").create_secret(Name=secret_id, SecretString=API_KEY)
+    pipeline.api_key_secret_id = secret_id
     assert pipeline.run("2024-03-01", group="alloy_raw").success
     assert all(seen.headers["authorization"] == f"Bearer {API_KEY}" for seen in pipeline.simulator.requests)
     for written in pipeline.root.rglob("*"):
