@@ -6,7 +6,13 @@ materialised, it compares each snapshot day's recorded lineage with the committe
 (`snapshot_plan.out_of_date`), reports the days that are out of date as failing
 `built_on_current_inputs`, and requests one run that rebuilds them from the first such day to
 the latest snapshot, in date order (a ranged run, as a backfill's). It never requests a second
-rebuild of a query while one is queued or running, and one change rebuilds each later day once.
+rebuild of a query while one is queued or running, nor again one that failed from the same day
+for the same cause, and one change rebuilds each later day once.
+
+Checking a query reads all its manifests, a few seconds for years of them on S3, and Dagster
+abandons a tick after 60 s, so a tick starts no query after `TICK_BUDGET_SECONDS`: the queries
+left are checked on the next tick, as Dagster's timeout message advises (work in chunks, carried
+by the cursor).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +38,9 @@ CASCADE_TAG = "alloy_pipeline/cascade"
 CAUSE_TAG = "alloy_pipeline/cascade_cause"
 """On a cascade's run: what made its first day out of date."""
 SENSOR_NAME = "alloy_cascade_sensor"
+TICK_BUDGET_SECONDS = 30.0
+"""How long into a tick a query's check may start: half of Dagster's 60 s sensor timeout
+(`DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`), leaving the other half to the query in hand."""
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -56,6 +66,17 @@ def _newest(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
 
 def _cascade_active(instance: dg.DagsterInstance, query: str) -> bool:
     return bool(instance.get_run_records(dg.RunsFilter(tags={CASCADE_TAG: query}, statuses=_ACTIVE), limit=1))
+
+
+def _failed(instance: dg.DagsterInstance, query: str, request: dg.RunRequest) -> dg.RunRecord | None:
+    """A failed rebuild of the same first day for the same cause: requesting it again would fail the same way.
+
+    The cause names the versions the day was built on and the committed ones, so it changes with
+    any re-run that could make a rebuild of that day come out differently.
+    """
+    tags = {CASCADE_TAG: query, CAUSE_TAG: request.tags[CAUSE_TAG]}
+    records = instance.get_run_records(dg.RunsFilter(tags=tags, statuses=[dg.DagsterRunStatus.FAILURE]), limit=1)
+    return records[0] if records else None
 
 
 def _flag(instance: dg.DagsterInstance, query: str, day: dt.date, changes: list[str]) -> dg.AssetCheckEvaluation:
@@ -109,15 +130,26 @@ class _Outcome:
     request: dg.RunRequest | None
     report: str
     failed: bool = False
+    read: bool = True
+    """Whether the query's manifests were read: what a tick spends its time on."""
 
 
 def _check_query(
-    context: dg.SensorEvaluationContext, lake: LakeResource, query: str, cursor: _Cursor, *, enabled: bool
+    context: dg.SensorEvaluationContext,
+    lake: LakeResource,
+    query: str,
+    cursor: _Cursor,
+    *,
+    enabled: bool,
+    out_of_time: str | None = None,
 ) -> _Outcome:
-    """One query's part of a tick; it records what it saw and flagged in `cursor`."""
+    """One query's part of a tick; it records what it saw and flagged in `cursor`. With `out_of_time`
+    (how far into its time the tick is), a query with anything to check is left to the next tick."""
     newest = (_newest(context.instance, raw_key(query)), _newest(context.instance, snapshot_key(query)))
     if cursor.seen.get(query) == newest:
-        return _Outcome([], None, f"{query}: nothing materialised since its last check")
+        return _Outcome([], None, f"{query}: nothing materialised since its last check", read=False)
+    if out_of_time:
+        return _Outcome([], None, f"{query}: left for the next tick, {out_of_time}", read=False)
     try:
         snapshots = lake.snapshot_manifests(query)
         stale = out_of_date(query, snapshots, lake.raw_manifests(query))
@@ -148,16 +180,28 @@ def _check_query(
     if not enabled:
         return _Outcome(flags, None, f"{found}. Flagged only: rebuilds are switched off (ALLOY_CASCADE=off)")
     request = _rebuild(query, stale, max(snapshot.day for snapshot in snapshots))
+    failed = _failed(context.instance, query, request)
+    if failed:
+        return _Outcome(
+            flags,
+            None,
+            f"{found}. The rebuild from {min(stale)} failed for this cause (run {failed.dagster_run.run_id}): "
+            "none requested until the cause changes",
+        )
     return _Outcome(
         flags, request, f"{found}. Requested the rebuild {request.tags[DAYS_TAG]} (run key {request.run_key})"
     )
 
 
-def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorDefinition:
+def build_cascade_sensor(
+    queries: Sequence[str], *, enabled: bool, budget_seconds: float | None = TICK_BUDGET_SECONDS
+) -> dg.SensorDefinition:
     """The sensor over `queries`; with `enabled` false it still flags, and requests nothing.
 
     Each tick logs one line per query (what it checked, flagged and requested, or why not), so a
-    healthy tick reads differently from a broken one on the sensor's page.
+    healthy tick reads differently from a broken one on the sensor's page. Once `budget_seconds`
+    have passed (None: never), and it has read one query's manifests, it leaves the queries with
+    anything to check to the next tick.
     """
 
     @dg.sensor(
@@ -175,8 +219,13 @@ def build_cascade_sensor(queries: Sequence[str], *, enabled: bool) -> dg.SensorD
         cursor = _Cursor.model_validate_json(context.cursor) if context.cursor else _Cursor()
         requests: list[dg.RunRequest] = []
         flags: list[dg.AssetCheckEvaluation] = []
+        started, read = time.monotonic(), False
         for query in queries:
-            outcome = _check_query(context, lake, query, cursor, enabled=enabled)
+            elapsed = time.monotonic() - started
+            over = read and budget_seconds is not None and elapsed > budget_seconds
+            out_of_time = f"{elapsed:.0f} s into this one" if over else None
+            outcome = _check_query(context, lake, query, cursor, enabled=enabled, out_of_time=out_of_time)
+            read = read or outcome.read
             (context.log.error if outcome.failed else context.log.info)(outcome.report)
             flags += outcome.flags
             requests += [outcome.request] if outcome.request else []

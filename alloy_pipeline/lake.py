@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, TypeVar
@@ -195,6 +196,18 @@ class LakeResource(dg.ConfigurableResource):
 
 
 Manifest = TypeVar("Manifest", RawManifest, SnapshotManifest)
+MANIFEST_READERS = 8
+"""Manifests read at once from an object store. Each is a small object, so reading one is mostly
+waiting on two requests (pyarrow sends a HEAD, then a GET), and a query with years of history has
+thousands: the cascade sensor reads them all (docs/benchmarks.md, "The cascade sensor")."""
+
+
+def _read_manifest(zone: Zone, relative: str, model: type[Manifest]) -> Manifest | ValueError | OSError:
+    """One manifest, or what reading or parsing it raised, so that the caller decides in date order."""
+    try:
+        return model.model_validate_json(zone.read_text(relative))
+    except (ValueError, OSError) as error:
+        return error
 
 
 def read_manifests(zone: Zone, folder: str, model: type[Manifest], replacing: Collection[Day] = ()) -> list[Manifest]:
@@ -202,25 +215,26 @@ def read_manifests(zone: Zone, folder: str, model: type[Manifest], replacing: Co
 
     A manifest that cannot be read stops the query with its path, because every later partition
     depends on it, except those of the days in `replacing`: the run that replaces a day needs
-    nothing from its manifest, so re-running a day is how a damaged manifest is repaired.
+    nothing from its manifest, so re-running a day is how a damaged manifest is repaired. On an
+    object store they are read `MANIFEST_READERS` at a time.
     """
     replaced = {day.compact for day in replacing}
+    names = [name for name in zone.list_names(folder) if MANIFEST_NAME.match(name)]
+    with ThreadPoolExecutor(max_workers=1 if zone.local else MANIFEST_READERS, thread_name_prefix="manifest") as pool:
+        outcomes = list(pool.map(lambda name: _read_manifest(zone, f"{folder}/{name}", model), names))
     manifests = []
-    for name in zone.list_names(folder):
-        matched = MANIFEST_NAME.match(name)
-        if not matched:
+    for name, outcome in zip(names, outcomes, strict=True):
+        if not isinstance(outcome, ValueError | OSError):
+            manifests.append(outcome)
             continue
-        location = zone.uri_of(f"{folder}/{name}")
-        try:
-            manifests.append(model.model_validate_json(zone.read_text(f"{folder}/{name}")))
-        except (ValueError, OSError) as error:
-            if matched.group(1) in replaced:
-                dg.get_dagster_logger().warning(f"manifest {location} cannot be read; this run replaces it")
-                continue
-            day = dt.datetime.strptime(matched.group(1), "%Y%m%d").date()
-            raise ManifestError(
-                f"manifest {location} cannot be read ({type(error).__name__}); "
-                f"re-run partition {day.isoformat()} of this asset to rewrite it",
-                day,
-            ) from error
+        location, compact = zone.uri_of(f"{folder}/{name}"), name.removesuffix(".json")
+        if compact in replaced:
+            dg.get_dagster_logger().warning(f"manifest {location} cannot be read; this run replaces it")
+            continue
+        day = dt.datetime.strptime(compact, "%Y%m%d").date()
+        raise ManifestError(
+            f"manifest {location} cannot be read ({type(outcome).__name__}); "
+            f"re-run partition {day.isoformat()} of this asset to rewrite it",
+            day,
+        ) from outcome
     return manifests

@@ -2,38 +2,58 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from pyspark.sql import SparkSession
 
-from alloy_pipeline.cascade import CASCADE_TAG, CAUSE_TAG, build_cascade_sensor
-from alloy_pipeline.lake import REFINED, LakeResource
+from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
+from alloy_pipeline.cascade import CASCADE_TAG, CAUSE_TAG, SENSOR_NAME, build_cascade_sensor
+from alloy_pipeline.definitions import build_definitions
+from alloy_pipeline.engine import EngineSettings
+from alloy_pipeline.lake import RAW, REFINED, LakeResource, RawManifest, SnapshotManifest
+from alloy_pipeline.lineage import Lineage, PartitionVersion
 from alloy_pipeline.naming import snapshot_key
 from alloy_pipeline.partitions import DAYS_TAG, Day
-from alloy_pipeline_tests.harness import Pipeline
+from alloy_pipeline_tests.harness import API_KEY, Pipeline, failure_text
 
 QUERY = "dw_container_job"
 DAYS = ["2024-03-01", "2024-03-02", "2024-03-03"]
+NEXT_NIGHT = "2024-03-04"
 CHECK = "built_on_current_inputs"
 START, END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
-@pytest.fixture
-def jobs(simulator, engine, spark, instance, tmp_path: Path) -> Pipeline:
-    """Three days of one query, Alloy changing between them, then raw day 2 re-extracted with other data."""
-    pipeline = Pipeline.create(simulator, engine.url, spark, instance, tmp_path, ["DW Container Job"]).keep_joins(
-        "DW Container Job", "root.attributes_jobAssignedContainer."
-    )
-    for number, day in enumerate(DAYS):
-        if number:
-            pipeline.simulator.dataset.simulate_day(seed=number)
-        pipeline.run(day, group="alloy_raw")
-    pipeline.rebuild(DAYS[0], DAYS[-1])
-    pipeline.simulator.dataset.simulate_day(seed=99)
-    pipeline.run(DAYS[1], group="alloy_raw")
-    return pipeline
+@pytest.fixture(scope="module")
+def jobs(engine: EngineSettings, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """Three days of one query, Alloy changing between them, then raw day 2 re-extracted with other data.
+
+    Built once for the module, whose tests continue one history in file order: the first needs it as
+    built, and each later one starts from whatever the tests before it left out of date (something
+    always is), so it passes alone too.
+    """
+    with (
+        AlloySimulator(dataset=demo_dataset(), api_key=API_KEY) as simulator,
+        dg.instance_for_test() as instance,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setenv("ALLOY_API_URL", simulator.url)
+        pipeline = Pipeline.create(
+            simulator, engine.url, spark, instance, tmp_path_factory.mktemp("cascade"), ["DW Container Job"]
+        ).keep_joins("DW Container Job", "root.attributes_jobAssignedContainer.")
+        for number, day in enumerate(DAYS):
+            if number:
+                pipeline.simulator.dataset.simulate_day(seed=number)
+            pipeline.run(day, group="alloy_raw")
+        pipeline.rebuild(DAYS[0], DAYS[-1])
+        pipeline.simulator.dataset.simulate_day(seed=99)
+        pipeline.run(DAYS[1], group="alloy_raw")
+        yield pipeline
 
 
 def evaluate(
@@ -128,6 +148,100 @@ def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixe
     ], "day 2 is built on the re-extracted raw day 2 (a ranged run equals day-by-day runs: test_ranged_rebuild)"
 
 
+def main_table_mapping(jobs: Pipeline) -> Path:
+    """The mapping file of the query's main table, in the pipeline's mapping folder."""
+    folder = Path(jobs.mapping_location)
+    folder.mkdir(exist_ok=True)
+    return folder / f"{QUERY}_{QUERY}.json"
+
+
+def test_a_snapshot_day_rerun_after_a_mapping_fix_flags_the_later_days_and_requests_their_rebuild(
+    jobs: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = evaluate(jobs, caplog)
+    main_table_mapping(jobs).write_text(json.dumps({"title": "job_title"}))
+    replaced = jobs.snapshot_manifest(QUERY, DAYS[1])
+    jobs.run(DAYS[1], group="alloy_snapshot")
+    rerun = jobs.snapshot_manifest(QUERY, DAYS[1])
+    assert replaced and rerun and rerun.tables[rerun.main_table].renames == {"title": "job_title"}, "the fix is applied"
+    caplog.clear()
+
+    result = evaluate(jobs, caplog, cursor=before.cursor)
+    cause = f"base snapshot {DAYS[1]} ({replaced.version}) is now {DAYS[1]} ({rerun.version})"
+    assert {day: flag.metadata["changes"].value for day, flag in flags(result).items()} == {DAYS[2]: [cause]}
+    [request] = result.run_requests
+    assert (
+        request.tags[DAYS_TAG] == f"{DAYS[2]}..{DAYS[2]} (1 day)" and request.tags[CAUSE_TAG] == f"{DAYS[2]}: {cause}"
+    )
+    [line] = tick_log(caplog)
+    assert line.endswith(f"Requested the rebuild {DAYS[2]}..{DAYS[2]} (1 day) (run key {request.run_key})")
+
+
+def test_a_rebuild_that_failed_is_not_requested_again_until_its_cause_changes(
+    jobs: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = evaluate(jobs, caplog)
+    [request] = first.run_requests
+    day = request.tags[START]
+    mapping = main_table_mapping(jobs)
+    fixed = mapping.read_text() if mapping.exists() else "{}"
+    mapping.write_text('{"title": ')
+    failed = dg.materialize(
+        jobs.assets(),
+        selection=request.asset_selection,
+        tags=request.tags,
+        resources=jobs.resources(),
+        instance=jobs.instance,
+        raise_on_error=False,
+    )
+    assert not failed.success and f"partition {day}: the run over {day}.." in failure_text(failed)
+
+    jobs.run(NEXT_NIGHT, group="alloy_raw")
+    caplog.clear()
+    again = evaluate(jobs, caplog, cursor=first.cursor)
+    assert not again.run_requests and not flags(again), "the next night's extract changes nothing before the day"
+    [line] = tick_log(caplog)
+    assert line.endswith(
+        f"The rebuild from {day} failed for this cause (run {failed.run_id}): none requested until the cause changes"
+    )
+
+    mapping.write_text(fixed)
+    jobs.run(day, group="alloy_raw")
+    retried = evaluate(jobs, caplog, cursor=again.cursor)
+    [retry] = retried.run_requests
+    assert retry.tags[START] == day and retry.run_key != request.run_key, "a re-extract of the day is a new cause"
+    assert f"raw partition {day} (" in retry.tags[CAUSE_TAG] and "was replaced by" in retry.tags[CAUSE_TAG]
+
+
+def test_alloy_cascade_is_read_from_the_environment_as_the_code_location_loads(
+    jobs: Pipeline, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.startswith("ALLOY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ALLOY_AQS_DIR", str(jobs.aqs_dir))
+    monkeypatch.setenv("ALLOY_RAW_ZONE", jobs.lake.raw_zone)
+    monkeypatch.setenv("ALLOY_REFINED_ZONE", jobs.lake.refined_zone)
+
+    def tick() -> dg.SensorResult:
+        definitions = build_definitions()
+        context = dg.build_sensor_context(instance=jobs.instance, resources={"lake": definitions.resources["lake"]})
+        context.log.addHandler(caplog.handler)
+        result = definitions.resolve_sensor_def(SENSOR_NAME)(context)
+        assert isinstance(result, dg.SensorResult)
+        return result
+
+    assert tick().run_requests, "on unless set"
+    caplog.clear()
+    monkeypatch.setenv("ALLOY_CASCADE", "off")
+    switched_off = tick()
+    assert flags(switched_off) and not switched_off.run_requests
+    [line] = tick_log(caplog)
+    assert line.endswith("Flagged only: rebuilds are switched off (ALLOY_CASCADE=off)")
+    monkeypatch.setenv("ALLOY_CASCADE", "sometimes")
+    with pytest.raises(ValueError, match=r"^ALLOY_CASCADE must be on or off, not 'sometimes'$"):
+        build_definitions()
+
+
 def test_a_damaged_manifest_is_reported_on_its_query_and_the_others_go_on(
     instance: dg.DagsterInstance, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -148,3 +262,71 @@ def test_a_damaged_manifest_is_reported_on_its_query_and_the_others_go_on(
     assert logged[f"{QUERY}: no snapshot yet"] == "INFO"
     [(damage, level)] = [(line, level) for line, level in logged.items() if line.startswith("graffiti_reports: ")]
     assert level == "ERROR" and "checked again next tick" in damage and "2024-03-02" in damage
+
+
+def commit_two_days(lake: LakeResource, query: str, *, raw_day_2_rerun: bool) -> None:
+    """Raw and snapshot days 1 and 2 of `query`, written as manifests only (the sensor reads nothing else);
+    with `raw_day_2_rerun`, raw day 2 committed again after snapshot day 2 was built on it."""
+    snapshot: SnapshotManifest | None = None
+    for number, day in enumerate([dt.date(2024, 3, 1), dt.date(2024, 3, 2)], start=1):
+        raw = RawManifest(
+            query=query,
+            day=day,
+            version=f"v_{number}",
+            kind="full" if number == 1 else "incremental",
+            watermark=None,
+            requested_at=dt.datetime.combine(day, dt.time(2), tzinfo=dt.UTC),
+            task_id=f"task-{number}",
+            run_id=f"run-{number}",
+            main_table=query,
+            tables={},
+        )
+        snapshot = SnapshotManifest(
+            query=query,
+            day=day,
+            version=f"v_{number}",
+            run_id=f"run-{number}",
+            main_table=query,
+            base_day=snapshot.day if snapshot else None,
+            raw_days=(day,),
+            inserted=0,
+            replaced=0,
+            carried_forward=0,
+            removed=0,
+            tables={},
+            inputs=Lineage(base=PartitionVersion.of(snapshot) if snapshot else None, raws=(PartitionVersion.of(raw),)),
+        )
+        if number == 2 and raw_day_2_rerun:
+            raw = raw.model_copy(update={"version": "v_rerun", "run_id": "run-rerun"})
+        lake.raw.write_text(RAW.manifest_path(query, Day(day)), raw.model_dump_json())
+        lake.refined.write_text(REFINED.manifest_path(query, Day(day)), snapshot.model_dump_json())
+
+
+def test_a_tick_out_of_time_leaves_the_queries_it_did_not_reach_to_the_next_tick(
+    instance: dg.DagsterInstance, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = LakeResource(raw_zone=f"s3a://{bucket}/raw", refined_zone=f"s3a://{bucket}/refined")
+    commit_two_days(lake, "graffiti_reports", raw_day_2_rerun=False)
+    commit_two_days(lake, QUERY, raw_day_2_rerun=True)
+    sensor = build_cascade_sensor(["graffiti_reports", QUERY], enabled=True, budget_seconds=0)
+
+    def tick(cursor: str | None) -> tuple[dg.SensorResult, list[str]]:
+        context = dg.build_sensor_context(instance=instance, resources={"lake": lake}, cursor=cursor)
+        context.log.addHandler(caplog.handler)
+        result = sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        lines = [record.getMessage() for record in caplog.records]
+        caplog.clear()
+        return result, lines
+
+    first, lines = tick(None)
+    assert "graffiti_reports: 2 days (2024-03-01..2024-03-02) checked, none out of date" in lines
+    [left] = [line for line in lines if line.startswith(f"{QUERY}: ")]
+    assert left.startswith(f"{QUERY}: left for the next tick, ") and left.endswith(" s into this one")
+    assert not first.run_requests and not flags(first), "the query not reached is not checked"
+
+    second, lines = tick(first.cursor)
+    assert "graffiti_reports: nothing materialised since its last check" in lines
+    assert sorted(flags(second)) == ["2024-03-02"], "the next tick checks it, and finds the re-run day"
+    [request] = second.run_requests
+    assert request.tags[CASCADE_TAG] == QUERY and request.tags[DAYS_TAG] == "2024-03-02..2024-03-02 (1 day)"

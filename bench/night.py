@@ -4,12 +4,12 @@ Alloy lets an API key hold `ALLOY_MAX_CONCURRENT_EXPORTS` exports (4) in flight,
 spends most of its time waiting for its export, so a night's run should take about
 ceil(queries / 4) export waves, whatever the machine's core count; the target allows half as
 much again for launching steps, converting and snapshotting. The bench starts its own engine
-(as bench/run.py does, on a free port other than 15002) and a simulator whose export tasks each
-take `--export-seconds`, makes the queries by copying an example AQS file under distinct names
-(the demo's data, 100 items and one table each, so the Spark work is small), and runs the
-`alloy_daily` job for one day as the schedule does, from a user's shell: `dagster job execute` in
-a subprocess, its instance a temporary DAGSTER_HOME with the project's deploy/dagster.yaml (so
-the `alloy_api` pool of 4 applies too).
+(`harness.py`, as bench/run.py does, on a free port other than 15002) and a simulator whose
+export tasks each take `--export-seconds`, makes the queries by copying an example AQS file
+under distinct names (the demo's data, 100 items and one table each, so the Spark work is
+small), and runs the `alloy_daily` job for one day as the schedule does, from a user's shell:
+`dagster job execute` in a subprocess, its instance a temporary DAGSTER_HOME with the project's
+deploy/dagster.yaml (so the `alloy_api` pool of 4 applies too).
 
 It measures the wall time of that command and of the run, the most exports in flight at once (each
 raw step's `requested_at` and `wait_seconds`, from the run's event log), the most raw and snapshot
@@ -30,8 +30,6 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -45,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from run import API_KEY, BIN, REPO, BenchEngine, _clean_environment, bench_engine
+from harness import API_KEY, BIN, REPO, BenchEngine, bench_engine, event_time, machine, user_environment
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, dataset_for_queries, demo_dataset
 from alloy_pipeline.aqs import load_query
@@ -203,17 +201,8 @@ def _night_environment(root: Path, queries: int, alloy_url: str, remote: str) ->
     home = root / "dagster_home"
     home.mkdir()
     shutil.copyfile(REPO / "deploy" / "dagster.yaml", home / "dagster.yaml")
-    return _clean_environment(
-        SPARK_REMOTE=remote,
-        ALLOY_API_URL=alloy_url,
-        ALLOY_API_KEY=API_KEY,
-        ALLOY_AQS_DIR=str(aqs),
-        ALLOY_MAX_CONCURRENT_EXPORTS=str(MAX_EXPORTS),
-        ALLOY_RAW_ZONE=str(root / "raw-zone"),
-        ALLOY_REFINED_ZONE=str(root / "refined-zone"),
-        ALLOY_RAW_DATABASE=f"bench_night_{queries}_raw",
-        ALLOY_REFINED_DATABASE=f"bench_night_{queries}_refined",
-        DAGSTER_HOME=str(home),
+    return user_environment(
+        root, alloy_url, remote, f"bench_night_{queries}", ALLOY_MAX_CONCURRENT_EXPORTS=str(MAX_EXPORTS)
     )
 
 
@@ -256,11 +245,6 @@ def _export_windows(records: list[dg.EventLogEntry]) -> list[tuple[float, float]
     return windows
 
 
-def _timestamp(records: list[dg.EventLogEntry], kind: dg.DagsterEventType) -> float:
-    [moment] = [record.timestamp for record in records if record.dagster_event_type == kind]
-    return moment
-
-
 def measure_night(bench: BenchEngine, root: Path, queries: int, export_seconds: float) -> Night:
     """One `alloy_daily` run of `queries` queries, each export taking `export_seconds`."""
     dataset = dataset_for_queries([load_query(EXAMPLE).request.to_body()], demo_dataset())
@@ -292,7 +276,7 @@ def measure_night(bench: BenchEngine, root: Path, queries: int, export_seconds: 
         queries=queries,
         export_seconds=export_seconds,
         wall=exited - launched,
-        run=_timestamp(records, dg.DagsterEventType.RUN_SUCCESS) - _timestamp(records, dg.DagsterEventType.RUN_START),
+        run=event_time(records, dg.DagsterEventType.RUN_SUCCESS) - event_time(records, dg.DagsterEventType.RUN_START),
         exports_in_flight=_most_at_once(_export_windows(records)),
         raw_steps_at_once=_most_at_once(raw),
         snapshot_steps_at_once=_most_at_once(snapshots),
@@ -376,8 +360,7 @@ def write_section(path: Path, label: str, nights: list[Night]) -> None:
     rows = kept + list(new.values())
     labels = list(dict.fromkeys(_key(row)[0] for row in rows))
     rows.sort(key=lambda row: (labels.index(_key(row)[0]), _key(row)[1]))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    section = _section(rows, machine)
+    section = _section(rows, machine())
     if found:
         text = text[: found.start()] + section + text[found.end() :]
     else:

@@ -1,0 +1,186 @@
+"""Per size N of the synthetic query, each step in a child process, so its peak RSS is that client's own.
+
+The day-1 raw extract (wall time, split into wait / download / Spark, and the peak RSS of the
+step's Python process), the day-1 snapshot, the day-2 raw extract and snapshot after 5 % of the
+items changed, a plain Spark copy of the day-1 snapshot and the day-2 snapshot once more
+(rebuilt), and the engine's jobs during the day-2 snapshot and the copy. The engine's own memory
+is not counted. A child is `bench/run.py --phase …`, told the step by its options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from harness import (
+    API_KEY,
+    DAY1,
+    DAY2,
+    REPO,
+    BenchEngine,
+    JobLoad,
+    Window,
+    clean_environment,
+    engine_activity,
+    job_load,
+)
+from synthetic import Materializer, Workspace, plain_copies
+
+from alloy_pipeline.alloy.simulator import SYNTHETIC_ROOT, AlloySimulator, synthetic_dataset
+from alloy_pipeline.spark import connect_session
+
+RUN = REPO / "bench" / "run.py"
+"""The bench's script, which runs one step when given `--phase`."""
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS, in MB.
+
+    Not `ru_maxrss` on Linux: it keeps the RSS this process had before exec, as a fork of its
+    parent, here the bench holding the simulator's data (which grows with N).
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        [peak] = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:")]
+        return int(peak) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def run_phase(args: argparse.Namespace) -> None:
+    """Materialise one partition of one group and print what it took as JSON on the last line.
+
+    With `--baseline` (the day-2 snapshot), also a plain copy of the day-1 snapshot in the same
+    engine, and the same day's snapshot once more (a rebuild, with the engine's caches warm).
+    """
+    workspace = Workspace(Path(args.workspace))
+    with dg.instance_for_test() as instance:
+        runs = Materializer(workspace, args.url, args.remote, instance)
+        window, result = runs.run(args.phase, day=args.day)
+        [materialization] = result.get_asset_materialization_events()
+        metadata = materialization.materialization.metadata
+        figures: dict[str, object] = {"window": [window.start, window.end], "rows": metadata["dagster/row_count"].value}
+        for name in ("wait_seconds", "download_seconds", "convert_seconds"):
+            if name in metadata:
+                figures[name] = metadata[name].value
+        if args.baseline:
+            copy = plain_copies(connect_session(args.remote), workspace.snapshot(DAY1), workspace.root / "plain-copy")
+            rebuilt = runs.run(args.phase, day=args.day)[0]
+            figures |= {"plain_copy_window": [copy.start, copy.end], "rebuilt_window": [rebuilt.start, rebuilt.end]}
+    print(json.dumps(figures | {"peak_rss_mb": _peak_rss_mb()}))
+
+
+@dataclass
+class Step:
+    """What a child process reported."""
+
+    figures: dict
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.figures["peak_rss_mb"]
+
+    def window(self, name: str = "window") -> Window:
+        return Window(*self.figures[name])
+
+    @property
+    def seconds(self) -> float:
+        return self.window().seconds
+
+
+def _in_child(phase: str, day: str, alloy_url: str, remote: str, workspace: Workspace, baseline: bool = False) -> Step:
+    """A step in a child process of its own, so the peak RSS reported is that client's alone."""
+    command = [
+        sys.executable,
+        str(RUN),
+        "--phase",
+        phase,
+        "--day",
+        day,
+        "--url",
+        alloy_url,
+        "--remote",
+        remote,
+        "--workspace",
+        str(workspace.root),
+    ] + (["--baseline"] if baseline else [])
+    errors = workspace.root / f"{phase}-{day}.stderr"
+    with errors.open("w") as stderr:
+        child = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=REPO, env=clean_environment(), check=False
+        )
+    if child.returncode != 0:
+        raise RuntimeError(f"{phase} {day} failed:\n{child.stdout[-2000:]}\n{errors.read_text()[-4000:]}")
+    return Step(json.loads(child.stdout.strip().splitlines()[-1]))
+
+
+@dataclass(frozen=True)
+class SizeRun:
+    """The four steps at one size; the day-2 snapshot's step also timed a copy and a rebuild."""
+
+    items: int
+    raw1: Step
+    snapshot1: Step
+    raw2: Step
+    snapshot2: Step
+    snapshot2_jobs: JobLoad
+    copy_jobs: JobLoad
+
+    @property
+    def copy_seconds(self) -> float:
+        return self.snapshot2.window("plain_copy_window").seconds
+
+    @property
+    def rebuilt_seconds(self) -> float:
+        return self.snapshot2.window("rebuilt_window").seconds
+
+
+def measure_size(bench: BenchEngine, root: Path, n_items: int) -> SizeRun:
+    """Day 1 and day 2 of the synthetic query at `n_items`, each step a child process."""
+    workspace = Workspace.create(root)
+    with AlloySimulator(dataset=synthetic_dataset(n_items), api_key=API_KEY) as simulator:
+
+        def phase(name: str, day: str, baseline: bool = False) -> Step:
+            return _in_child(name, day, simulator.url, bench.url, workspace, baseline)
+
+        raw1 = phase("raw", DAY1)
+        snapshot1 = phase("snapshot", DAY1)
+        simulator.dataset.edit(SYNTHETIC_ROOT, max(1, n_items * 5 // 100))
+        raw2 = phase("raw", DAY2)
+        snapshot2 = phase("snapshot", DAY2, baseline=True)
+    activity = engine_activity(bench.events)
+    return SizeRun(
+        items=n_items,
+        raw1=raw1,
+        snapshot1=snapshot1,
+        raw2=raw2,
+        snapshot2=snapshot2,
+        snapshot2_jobs=job_load(activity, snapshot2.window()),
+        copy_jobs=job_load(activity, snapshot2.window("plain_copy_window")),
+    )
+
+
+def sizes_table(rows: list[SizeRun]) -> str:
+    lines = [
+        "| items | raw day 1 (s) | of which wait / download / Spark (s) | raw day 1 peak RSS (MB) "
+        "| snapshot day 1 (s) | raw day 2, 5 % changed (s) | raw day 2 peak RSS (MB) "
+        "| snapshot day 2, first / rebuilt (s) | plain Spark copy (s) | day 2 / copy, first / rebuilt "
+        "| Spark jobs, snapshot day 2 / copy (count in busy s) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        raw1, copy = row.raw1.figures, row.copy_seconds
+        lines.append(
+            f"| {row.items:,} | {row.raw1.seconds:.1f} | {raw1['wait_seconds']:.1f} / {raw1['download_seconds']:.1f} / "
+            f"{raw1['convert_seconds']:.1f} | {row.raw1.peak_rss_mb:.0f} | {row.snapshot1.seconds:.1f} "
+            f"| {row.raw2.seconds:.1f} | {row.raw2.peak_rss_mb:.0f} "
+            f"| {row.snapshot2.seconds:.1f} / {row.rebuilt_seconds:.1f} "
+            f"| {copy:.1f} | {row.snapshot2.seconds / copy:.2f}× / {row.rebuilt_seconds / copy:.2f}× "
+            f"| {row.snapshot2_jobs} / {row.copy_jobs} |"
+        )
+    return "\n".join(lines)
