@@ -157,6 +157,17 @@ class Pipeline:
             raise_on_error=raise_on_error,
         )
 
+    def launch(self, request: dg.RunRequest, *, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        """The run a sensor's `request` asks for: its assets and tags, in this pipeline's instance."""
+        return dg.materialize(
+            self.assets(),
+            selection=request.asset_selection,
+            tags=request.tags,
+            resources=self.resources(),
+            instance=self.instance,
+            raise_on_error=raise_on_error,
+        )
+
     def stored_snapshots(self, query: str) -> dict[str, tuple[dict, dict[str, list[tuple]]]]:
         """What a reader of the lake gets for each snapshot day: its manifest, less what names the run
         and its inputs' runs, and every table's rows."""

@@ -124,13 +124,7 @@ def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixe
     assert request.tags[CASCADE_TAG] == QUERY and "raw partition 2024-03-02" in request.tags[CAUSE_TAG]
     assert request.asset_selection == [snapshot_key(QUERY)]
 
-    cascade = dg.materialize(
-        jobs.assets(),
-        selection=request.asset_selection,
-        tags=request.tags,
-        resources=jobs.resources(),
-        instance=jobs.instance,
-    )
+    cascade = jobs.launch(request)
     rebuilt = [event.partition for event in cascade.get_asset_materialization_events()]
     assert rebuilt == DAYS[1:], "each later day once, in date order"
     evaluations = [e for e in cascade.get_asset_check_evaluations() if e.check_name == CHECK]
@@ -186,14 +180,7 @@ def test_a_rebuild_that_failed_is_not_requested_again_until_its_cause_changes(
     mapping = main_table_mapping(jobs)
     fixed = mapping.read_text() if mapping.exists() else "{}"
     mapping.write_text('{"title": ')
-    failed = dg.materialize(
-        jobs.assets(),
-        selection=request.asset_selection,
-        tags=request.tags,
-        resources=jobs.resources(),
-        instance=jobs.instance,
-        raise_on_error=False,
-    )
+    failed = jobs.launch(request, raise_on_error=False)
     assert not failed.success and f"partition {day}: the run over {day}.." in failure_text(failed)
 
     jobs.run(NEXT_NIGHT, group="alloy_raw")
