@@ -11,6 +11,8 @@ ENGINE_PORT ?= 15002
 # The engine's Spark master: empty for local Spark (or the engine already running), or a standalone
 # cluster's spark://host:port, whose driver the engine becomes (docs/production.md, "A Spark cluster").
 SPARK_MASTER ?=
+# `make test`'s pytest workers (pytest-xdist), sharing the one test engine: two keep 2 cores busy.
+TEST_WORKERS ?= 2
 MASTER_OPTION := $(if $(SPARK_MASTER),--master '$(SPARK_MASTER)')
 
 .PHONY: install demo test system sql bench dev engine engine-stop clean
@@ -31,7 +33,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses $(TEST_WORKERS) --dist worksteal
 
 # The slow tests: `make demo` and `make dev` as a user runs them (setup.cfg keeps them out of `make test`).
 system: $(STAMP)

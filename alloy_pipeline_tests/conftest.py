@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import dagster as dg
@@ -40,22 +43,59 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: (item.get_closest_marker("own_spark") is not None, "engine" in item.fixturenames))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def engine_starting(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Future[EngineSettings] | None]:
-    """The local engine, as `alloy-pipeline engine start` runs it, in a folder and on a port of its own,
-    started in the background as the session begins if any selected test needs it."""
-    if not any("engine" in item.fixturenames for item in request.session.items):
-        yield None
-        return
-    settings = EngineSettings.under(
-        tmp_path_factory.mktemp("engine"),
+def _test_engine(root: Path) -> EngineSettings:
+    return EngineSettings.under(
+        root,
         port=engines.free_port(),
         driver_memory="3g",
         extra_conf={"spark.sql.shuffle.partitions": "2", "spark.sql.session.timeZone": ENGINE_TIME_ZONE},
         java_options=TEST_ENGINE_JIT,
     )
+
+
+class SharedEngine:
+    """Under pytest-xdist (`make test` runs two workers): the workers share one engine, which the
+    controller names and stops at the end. A second engine would cost its JVM's start and memory,
+    and split the warm-up the suite relies on.
+
+    Whichever worker first needs it starts it; `engines.start` does so under the engine folder's
+    lock, so the other finds it running, or waits for its start to end.
+    """
+
+    WORKER_INPUT = "alloy_test_engine"
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="alloy-test-engine-"))
+        self.settings = _test_engine(self.root)
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput[self.WORKER_INPUT] = self.settings.model_dump_json()
+
+    def pytest_unconfigure(self) -> None:
+        engines.stop(self.settings)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") != "no":
+        config.pluginmanager.register(SharedEngine(), "alloy-shared-engine")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_starting(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Future[EngineSettings] | None]:
+    """The local engine, as `alloy-pipeline engine start` runs it, in a folder and on a port of its own
+    (or the controller's, shared by every worker: `SharedEngine`), started in the background as the
+    session begins if any selected test needs it."""
+    if not any("engine" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    shared = getattr(request.config, "workerinput", {}).get(SharedEngine.WORKER_INPUT)
+    if shared is None:
+        settings = _test_engine(tmp_path_factory.mktemp("data"))
+    else:
+        settings = EngineSettings.model_validate_json(shared)
 
     def start() -> EngineSettings:
         engines.start(settings, os.environ | STARTER_SECRETS)
@@ -67,7 +107,8 @@ def engine_starting(
             yield started
         finally:
             started.exception()
-            engines.stop(settings)
+            if shared is None:
+                engines.stop(settings)
 
 
 @pytest.fixture(scope="session")
