@@ -199,20 +199,3 @@ def test_a_bad_mapping_file_fails_with_its_name_and_writes_nothing(jobs: Pipelin
     assert jobs.snapshot_manifest(QUERY, DAYS[1]) is None
     assert not list((jobs.root / "refined-zone").rglob("snapshot_date=20240302"))
     assert jobs.snapshot_table(QUERY, QUERY, DAYS[0]).count() == kept.tables[QUERY].rows
-
-
-def test_checks_fail_on_a_duplicated_key(jobs: Pipeline) -> None:
-    jobs.run(DAYS[0])
-    kept = jobs.snapshot_manifest(QUERY, DAYS[0])
-    raw = jobs.raw_manifest(QUERY, DAYS[0]).tables[QUERY].path
-    jobs.spark.read.parquet(raw).limit(1).write.mode("append").parquet(raw)
-
-    result = jobs.run(DAYS[0], group="alloy_snapshot", raise_on_error=False)
-    assert not result.success
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not evaluations["unique_item_id"].passed
-    assert evaluations["unique_item_id"].blocking
-    assert evaluations["unique_item_id"].metadata["duplicated_keys"].value == 1
-    assert "row_count_reconciles" not in evaluations, "nothing was written to reconcile"
-    assert "unique_item_id" in failure_text(result)
-    assert jobs.snapshot_manifest(QUERY, DAYS[0]) == kept, "a blocked snapshot is not committed"

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, partial
 
@@ -26,14 +27,8 @@ from alloy_pipeline.mapping import MappingNames, MappingResource, stale_files
 from alloy_pipeline.naming import raw_key, snapshot_key, table_slug
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.query_settings import QuerySettings
-from alloy_pipeline.snapshot_merge import (
-    MergeCounts,
-    RawKeys,
-    count_changes,
-    inspect_raw_keys,
-    merge_tables,
-    observe_origin,
-)
+from alloy_pipeline.snapshot_audit import WrittenKeys, audit_main_table, expected_keys, inspect_raw_keys, written_keys
+from alloy_pipeline.snapshot_merge import merge_tables, observe_rows
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
 from alloy_pipeline.tables import read_table, write_together
 
@@ -52,18 +47,38 @@ def snapshot_pool(query: str) -> str:
     return f"alloy_snapshot_{query}"
 
 
-def _unique_check(keys: RawKeys) -> dg.AssetCheckResult:
+def _unique_check(keys: WrittenKeys) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name="unique_item_id",
-        passed=keys.duplicated == 0,
-        metadata={"duplicated_keys": keys.duplicated, "examples": dg.MetadataValue.json(list(keys.examples))},
+        passed=keys.repeated == 0,
+        metadata={
+            "rows": keys.rows,
+            "distinct_keys": keys.distinct,
+            "duplicated_keys": keys.repeated,
+            "examples": dg.MetadataValue.json(list(keys.examples)),
+        },
     )
 
 
-def _checks_after_write(
-    manifest: SnapshotManifest, previous: SnapshotManifest | None, counts: MergeCounts
-) -> list[dg.AssetCheckResult]:
-    main = manifest.tables[manifest.main_table]
+def _reconcile_check(keys: WrittenKeys) -> dg.AssetCheckResult:
+    """The main table as written against the items of its inputs; a raw item written with an older row
+    (a merge that kept the version it should have replaced) fails it too."""
+    return dg.AssetCheckResult(
+        check_name="row_count_reconciles",
+        passed=keys.rows == keys.distinct == keys.expected and keys.missing == keys.unexpected == keys.stale == 0,
+        metadata={
+            "rows": keys.rows,
+            "distinct_keys": keys.distinct,
+            "expected_rows": keys.expected,
+            "missing_keys": keys.missing,
+            "unexpected_keys": keys.unexpected,
+            "stale_keys": keys.stale,
+            "replaced": keys.changes.replaced,
+        },
+    )
+
+
+def _drift_check(manifest: SnapshotManifest, previous: SnapshotManifest | None) -> dg.AssetCheckResult:
     drift: dict[str, dict[str, list[str]]] = {}
     if previous is not None:
         for table, entry in manifest.tables.items():
@@ -71,23 +86,16 @@ def _checks_after_write(
             added, removed = sorted(set(entry.columns) - before), sorted(before - set(entry.columns))
             if added or removed:
                 drift[table] = {"added": added, "removed": removed}
-    return [
-        dg.AssetCheckResult(
-            check_name="row_count_reconciles",
-            passed=main.rows == counts.expected_rows,
-            metadata={"rows": main.rows, "expected_rows": counts.expected_rows, "replaced": counts.replaced},
-        ),
-        dg.AssetCheckResult(
-            check_name="schema_drift",
-            passed=not drift,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"changes": dg.MetadataValue.json(drift)},
-        ),
-    ]
+    return dg.AssetCheckResult(
+        check_name="schema_drift",
+        passed=not drift,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"changes": dg.MetadataValue.json(drift)},
+    )
 
 
 class BlockedSnapshot(SnapshotError):
-    """A blocking check failed before anything was written; the failed check travels with the error."""
+    """A blocking check failed before anything was committed; the failed check travels with the error."""
 
     def __init__(self, message: str, check: dg.AssetCheckResult) -> None:
         super().__init__(message)
@@ -123,7 +131,7 @@ class StagedTable:
 
     frame: DataFrame
     column_types: tuple[tuple[str, str], ...]
-    origin: Observation
+    counted: Observation
     renames: dict[str, str]
     mapping_source: str | None
 
@@ -143,7 +151,9 @@ def _mapping_note(step: SnapshotStep, table: str, source: str | None) -> str:
     return source or f"none (looked for {', '.join(step.mapping_names.file_names(table))})"
 
 
-def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, DataFrame]) -> dict[str, StagedTable]:
+def _stage_tables(
+    step: SnapshotStep, plan: SnapshotPlan, main_table: str, merged: dict[str, DataFrame]
+) -> dict[str, StagedTable]:
     """Stamp each merged table with the day and rename it by its mapping file (read before any write).
 
     The schema is asked of the server once per table, before the rename, which only relabels it.
@@ -151,7 +161,7 @@ def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, Data
     stamp = plan.day.fields("snapshot")
     staged: dict[str, StagedTable] = {}
     for table, frame in sorted(merged.items()):
-        observed, origin = observe_origin(frame, plan)
+        observed, counted = observe_rows(frame, *(written_keys(plan) if table == main_table else ()))
         stamped = stamp_columns(observed, stamp)
         column_types = stamped.dtypes
         mapping = step.mappings.load(step.mapping_names, table)
@@ -163,7 +173,7 @@ def _stage_tables(step: SnapshotStep, plan: SnapshotPlan, merged: dict[str, Data
         staged[table] = StagedTable(
             frame=rename_columns(stamped, renames),
             column_types=tuple((renames.get(name, name), kind) for name, kind in column_types),
-            origin=origin,
+            counted=counted,
             renames=renames,
             mapping_source=mapping.source if mapping else None,
         )
@@ -182,33 +192,64 @@ def _stale_mapping_files(step: SnapshotStep, plan: SnapshotPlan, tables: Collect
     return stale
 
 
+def _blocked(step: SnapshotStep, plan: SnapshotPlan, keys: WrittenKeys) -> BlockedSnapshot:
+    """The error for a main table that repeats item ids, saying whether a raw partition already did."""
+    raws = inspect_raw_keys(step.spark, plan)
+    cause = (
+        f"a raw main table repeats {raws.duplicated} item ids (e.g. {', '.join(raws.examples)})"
+        if raws.duplicated
+        else "no raw main table repeats one, so the merge did"
+    )
+    return BlockedSnapshot(
+        f"query {step.query}, partition {plan.day.key}: the main table as written repeats {keys.repeated} item ids "
+        f"(e.g. {', '.join(keys.examples)}); {cause}. The snapshot was not committed (check unique_item_id)",
+        _unique_check(keys),
+    )
+
+
 def _write_and_publish(
-    step: SnapshotStep, plan: SnapshotPlan, main_table: str, staged: dict[str, StagedTable], keys: RawKeys
-) -> tuple[SnapshotManifest, MergeCounts]:
-    """Write every table under staging, then publish the day as a new version of it."""
+    step: SnapshotStep, plan: SnapshotPlan, main_table: str, staged: dict[str, StagedTable]
+) -> tuple[SnapshotManifest, WrittenKeys]:
+    """Write every table under staging, audit the main table as written, then publish the day as a new version.
+
+    What the inputs say the main table must hold is counted while the tables are written (the
+    main table's write is often one task, which leaves a core free), and what the main table
+    holds is counted by its write. A main table that repeats an
+    item id is never committed: its staging is removed, and the day's committed version, if any,
+    stays as it was.
+    """
     day, zone = plan.day, step.lake.refined
     commit = step.publisher.begin(day, step.run_id)
+    staging = {table: zone.uri_of(f"{commit.staging}/{table}") for table in staged}
     try:
-        write_together(
-            {
-                table: partial(entry.frame.write.mode("overwrite").parquet, zone.uri_of(f"{commit.staging}/{table}"))
-                for table, entry in staged.items()
-            }
-        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="expected-keys") as pool:
+            expecting = pool.submit(expected_keys, step.spark, plan)
+            write_together(
+                {
+                    table: partial(entry.frame.write.mode("overwrite").parquet, staging[table])
+                    for table, entry in staged.items()
+                }
+            )
+            expected = expecting.result()
         tables = {
             table: SnapshotTable(
                 path=zone.uri_of(REFINED.table_dir(step.query, table, day, commit.version)),
-                rows=entry.origin.get["rows"],
+                rows=entry.counted.get["rows"],
                 column_types=entry.column_types,
                 mapping_source=entry.mapping_source,
                 renames=entry.renames,
             )
             for table, entry in staged.items()
         }
-        main_origin = staged[main_table].origin.get
-        counts = count_changes(
-            step.spark, plan, keys.touched, rows=main_origin["rows"], from_raws=main_origin["from_raws"]
+        keys = audit_main_table(
+            step.spark,
+            plan,
+            tables[main_table].model_copy(update={"path": staging[main_table]}),
+            staged[main_table].counted.get,
+            expected,
         )
+        if keys.repeated:
+            raise _blocked(step, plan, keys)
     except BaseException:
         commit.abandon()
         raise
@@ -220,10 +261,10 @@ def _write_and_publish(
         main_table=main_table,
         base_day=plan.base.day if plan.base else None,
         raw_days=tuple(raw.day for raw in plan.raws),
-        inserted=counts.inserted,
-        replaced=counts.replaced,
-        carried_forward=counts.carried_forward,
-        removed=counts.removed,
+        inserted=keys.changes.inserted,
+        replaced=keys.changes.replaced,
+        carried_forward=keys.changes.carried_forward,
+        removed=keys.changes.removed,
         tables=tables,
         inputs=plan.lineage,
     )
@@ -232,15 +273,11 @@ def _write_and_publish(
         manifest,
         {f"{commit.staging}/{table}": REFINED.table_dir(step.query, table, day, commit.version) for table in tables},
     )
-    return manifest, counts
+    return manifest, keys
 
 
 def _materialization_metadata(
-    step: SnapshotStep,
-    plan: SnapshotPlan,
-    manifest: SnapshotManifest,
-    counts: MergeCounts,
-    stale_mappings: tuple[str, ...],
+    step: SnapshotStep, plan: SnapshotPlan, manifest: SnapshotManifest, stale_mappings: tuple[str, ...]
 ) -> dict[str, object]:
     """What the UI shows for a committed day: its tables as written, the merge counts, its inputs, and
     which mapping file renamed each table (and this query's files that renamed none)."""
@@ -253,10 +290,10 @@ def _materialization_metadata(
         "path": dg.MetadataValue.path(main.path),
         "rows": dg.MetadataValue.json({table: entry.rows for table, entry in tables.items()}),
         "paths": dg.MetadataValue.json({table: entry.path for table, entry in tables.items()}),
-        "inserted": counts.inserted,
-        "replaced": counts.replaced,
-        "carried_forward": counts.carried_forward,
-        "removed": counts.removed,
+        "inserted": manifest.inserted,
+        "replaced": manifest.replaced,
+        "carried_forward": manifest.carried_forward,
+        "removed": manifest.removed,
         "base_snapshot": plan.base.day.isoformat() if plan.base else "none",
         "raw_partitions": dg.MetadataValue.json([raw.day.isoformat() for raw in plan.raws]),
         "mappings": dg.MetadataValue.json(
@@ -291,7 +328,7 @@ def build_day(step: SnapshotStep, plan: SnapshotPlan, stale: Mapping[dt.date, li
     """Merge, check, write and publish snapshot `plan.day` (committed, then registered in the catalog).
 
     `stale` are the days out of date (`out_of_date`) when the day is built. Raises
-    BlockedSnapshot (nothing written) when a raw main table repeats an item id.
+    BlockedSnapshot (nothing committed) when the main table as written repeats an item id.
     """
     day = plan.day
     step.log.info(
@@ -299,21 +336,18 @@ def build_day(step: SnapshotStep, plan: SnapshotPlan, stale: Mapping[dt.date, li
         f"raw partitions {[raw.day.isoformat() for raw in plan.raws] or 'none (carried forward)'}"
     )
     main_table, merged = merge_tables(step.spark, step.query, plan)
-    keys = inspect_raw_keys(step.spark, plan)
-    unique = _unique_check(keys)
-    if not unique.passed:
-        raise BlockedSnapshot(
-            f"query {step.query}, partition {day.key}: {keys.duplicated} item ids appear more than once in a raw "
-            "main table; the snapshot was not written (check unique_item_id)",
-            unique,
-        )
-    staged = _stage_tables(step, plan, merged)
+    staged = _stage_tables(step, plan, main_table, merged)
     stale_mappings = _stale_mapping_files(step, plan, staged.keys())
-    manifest, counts = _write_and_publish(step, plan, main_table, staged, keys)
+    manifest, keys = _write_and_publish(step, plan, main_table, staged)
     return CommittedDay(
         manifest=manifest,
-        metadata=_materialization_metadata(step, plan, manifest, counts, stale_mappings),
-        checks=(unique, *_checks_after_write(manifest, plan.previous, counts), _current_inputs_check(plan, stale)),
+        metadata=_materialization_metadata(step, plan, manifest, stale_mappings),
+        checks=(
+            _unique_check(keys),
+            _reconcile_check(keys),
+            _drift_check(manifest, plan.previous),
+            _current_inputs_check(plan, stale),
+        ),
     )
 
 
@@ -404,13 +438,19 @@ def _check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[
             "unique_item_id",
             asset=key,
             blocking=True,
-            description="Each item appears once in the main table.",
+            description=(
+                "Each item appears once in the main table, as written and before it is committed: a table that "
+                "repeats one is not committed."
+            ),
             partitions_def=partitions,
         ),
         dg.AssetCheckSpec(
             "row_count_reconciles",
             asset=key,
-            description="Main-table rows equal previous − replaced + new root items.",
+            description=(
+                "The main table as written holds exactly the items of the previous snapshot (or the full extract) "
+                "and of the raw partitions since, one row each, and no raw item with an older row than the raws'."
+            ),
             partitions_def=partitions,
         ),
         dg.AssetCheckSpec(
