@@ -9,8 +9,11 @@ the latest snapshot, in date order (a ranged run, as a backfill's). It never req
 rebuild of a query while one is queued or running, nor again one that failed from the same day
 for the same cause, and one change rebuilds each later day once.
 
-Checking a query reads all its manifests, a few seconds for years of them on S3, and Dagster
-abandons a tick after 60 s, so a tick starts no query after `TICK_BUDGET_SECONDS`: the queries
+A query's first check reads all its manifests. Each later one checks only the days from the
+earliest partition, raw or snapshot, materialised since the last (Dagster's records say which),
+reading their manifests and those they are planned from; the days before have not changed, and
+their flags are in the cursor. Dagster abandons a tick after 60 s, and a first check of years of
+history on S3 takes seconds, so a tick starts no query after `TICK_BUDGET_SECONDS`: the queries
 left are checked on the next tick, as Dagster's timeout message advises (work in chunks, carried
 by the cursor).
 """
@@ -27,11 +30,11 @@ from dataclasses import dataclass
 import dagster as dg
 from pydantic import BaseModel, ConfigDict
 
-from alloy_pipeline.check_targets import latest_materialization
+from alloy_pipeline.check_targets import TargetMaterialization, latest_materialization, latest_materializations
 from alloy_pipeline.lake import LakeResource, ManifestError
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import DAYS_TAG, ranged_run_tags
-from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, out_of_date
+from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, EarlierCheck, out_of_date
 
 CASCADE_TAG = "alloy_pipeline/cascade"
 """On a cascade's run: the query whose snapshots it rebuilds."""
@@ -64,6 +67,22 @@ def _newest(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
     return records[0].storage_id if records else 0
 
 
+def _earlier_check(instance: dg.DagsterInstance, query: str, cursor: _Cursor) -> EarlierCheck | None:
+    """What the query's last check found, and the earliest day materialised since (raw or snapshot);
+    None for a first check, or when Dagster's records name no such day: the whole query is checked."""
+    seen = cursor.seen.get(query)
+    if seen is None:
+        return None
+    keys = (raw_key(query), snapshot_key(query))
+    partitions = set().union(
+        *(instance.get_materialized_partitions(key, after_cursor=after) for key, after in zip(keys, seen, strict=True))
+    )
+    if not partitions:
+        return None
+    stale = {dt.date.fromisoformat(day): changes for day, changes in cursor.flagged.get(query, {}).items()}
+    return EarlierCheck(since=min(map(dt.date.fromisoformat, partitions)), stale=stale)
+
+
 def _cascade_active(instance: dg.DagsterInstance, query: str) -> bool:
     return bool(instance.get_run_records(dg.RunsFilter(tags={CASCADE_TAG: query}, statuses=_ACTIVE), limit=1))
 
@@ -79,15 +98,17 @@ def _failed(instance: dg.DagsterInstance, query: str, request: dg.RunRequest) ->
     return records[0] if records else None
 
 
-def _flag(instance: dg.DagsterInstance, query: str, day: dt.date, changes: list[str]) -> dg.AssetCheckEvaluation:
-    """A failing evaluation of the day's latest materialization: the one built on the replaced versions."""
+def _flag(
+    query: str, day: dt.date, changes: list[str], target: TargetMaterialization | None
+) -> dg.AssetCheckEvaluation:
+    """A failing evaluation of the day's latest materialization (`target`): the one built on the replaced versions."""
     return dg.AssetCheckEvaluation(
         asset_key=snapshot_key(query),
         check_name=CURRENT_INPUTS_CHECK,
         passed=False,
         severity=dg.AssetCheckSeverity.WARN,
         partition=day.isoformat(),
-        target_materialization_data=latest_materialization(instance, snapshot_key(query), day.isoformat()),
+        target_materialization_data=target,
         description="Built on versions that are no longer the committed ones; a rebuild of this day brings it up to date.",
         metadata={"changes": dg.MetadataValue.json(changes)},
     )
@@ -122,6 +143,16 @@ def _days(days: Sequence[dt.date]) -> str:
     return f"{len(days)} day{'s' if len(days) != 1 else ''} ({min(days).isoformat()}..{max(days).isoformat()})"
 
 
+def _checked(query: str, snapshot_days: Sequence[dt.date], earlier: EarlierCheck | None) -> str:
+    """The snapshot days a check looked at, for the tick's log."""
+    if earlier is None:
+        return f"{query}: {_days(snapshot_days)} checked"
+    checked = [day for day in snapshot_days if day >= earlier.since]
+    if not checked:
+        return f"{query}: no snapshot day from {earlier.since} on to check (nothing before it materialised since the last check)"
+    return f"{query}: {_days(checked)} checked (nothing before {earlier.since} materialised since the last check)"
+
+
 @dataclass(frozen=True)
 class _Outcome:
     """What one tick did for one query: its flags, its rebuild, and the line that says so in the tick's log."""
@@ -150,9 +181,14 @@ def _check_query(
         return _Outcome([], None, f"{query}: nothing materialised since its last check", read=False)
     if out_of_time:
         return _Outcome([], None, f"{query}: left for the next tick, {out_of_time}", read=False)
+    earlier = _earlier_check(context.instance, query, cursor)
     try:
-        snapshots = lake.snapshot_manifests(query)
-        stale = out_of_date(query, snapshots, lake.raw_manifests(query))
+        snapshot_days, raw_days = lake.snapshot_days(query), lake.raw_days(query)
+        snapshots_read, raws_read = (
+            earlier.manifests_needed(snapshot_days, raw_days) if earlier else (snapshot_days, raw_days)
+        )
+        snapshots, raws = lake.snapshot_manifests(query, days=snapshots_read), lake.raw_manifests(query, days=raws_read)
+        stale = out_of_date(query, snapshots, raws, earlier)
     except ManifestError as error:
         return _Outcome(
             [_unreadable(context.instance, query, error)],
@@ -161,16 +197,14 @@ def _check_query(
             failed=True,
         )
     reported = cursor.flagged.get(query, {})
-    flags = [
-        _flag(context.instance, query, day, changes)
-        for day, changes in stale.items()
-        if reported.get(day.isoformat()) != changes
-    ]
+    unreported = {day: changes for day, changes in stale.items() if reported.get(day.isoformat()) != changes}
+    targets = latest_materializations(context.instance, snapshot_key(query), [day.isoformat() for day in unreported])
+    flags = [_flag(query, day, changes, targets.get(day.isoformat())) for day, changes in unreported.items()]
     cursor.flagged[query] = {day.isoformat(): changes for day, changes in stale.items()}
-    checked = f"{query}: {_days([snapshot.day for snapshot in snapshots])} checked" if snapshots else ""
+    checked = _checked(query, snapshot_days, earlier) if snapshot_days else ""
     if not stale:
         cursor.seen[query] = newest
-        return _Outcome(flags, None, f"{checked}, none out of date" if snapshots else f"{query}: no snapshot yet")
+        return _Outcome(flags, None, f"{checked}, none out of date" if snapshot_days else f"{query}: no snapshot yet")
     found = f"{checked}, {_days(list(stale))} out of date ({len(flags)} newly flagged); first {min(stale)}: " + (
         "; ".join(stale[min(stale)])
     )
@@ -179,7 +213,7 @@ def _check_query(
     cursor.seen[query] = newest
     if not enabled:
         return _Outcome(flags, None, f"{found}. Flagged only: rebuilds are switched off (ALLOY_CASCADE=off)")
-    request = _rebuild(query, stale, max(snapshot.day for snapshot in snapshots))
+    request = _rebuild(query, stale, snapshot_days[-1])
     failed = _failed(context.instance, query, request)
     if failed:
         return _Outcome(

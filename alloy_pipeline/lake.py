@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -186,42 +186,75 @@ class LakeResource(dg.ConfigurableResource):
     def zone(self, layer: Layer) -> Zone:
         return self.raw if layer is RAW else self.refined
 
-    def raw_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[RawManifest]:
-        """Every committed raw partition of `query`, oldest first; see `read_manifests` for `replacing`."""
-        return read_manifests(self.raw, RAW.manifest_folder(query), RawManifest, replacing)
+    def raw_days(self, query: str) -> list[dt.date]:
+        """The days of `query`'s committed raw partitions, oldest first, from one listing."""
+        return manifest_days(self.raw, RAW.manifest_folder(query))
 
-    def snapshot_manifests(self, query: str, replacing: Collection[Day] = ()) -> list[SnapshotManifest]:
-        """Every committed snapshot partition of `query`, oldest first; see `read_manifests`."""
-        return read_manifests(self.refined, REFINED.manifest_folder(query), SnapshotManifest, replacing)
+    def snapshot_days(self, query: str) -> list[dt.date]:
+        """The days of `query`'s committed snapshots, oldest first, from one listing."""
+        return manifest_days(self.refined, REFINED.manifest_folder(query))
+
+    def raw_manifests(
+        self, query: str, replacing: Collection[Day] = (), days: Collection[dt.date] | None = None
+    ) -> list[RawManifest]:
+        """The committed raw partitions of `query`, oldest first; see `read_manifests`."""
+        return read_manifests(self.raw, RAW.manifest_folder(query), RawManifest, replacing, days)
+
+    def snapshot_manifests(
+        self, query: str, replacing: Collection[Day] = (), days: Collection[dt.date] | None = None
+    ) -> list[SnapshotManifest]:
+        """The committed snapshot partitions of `query`, oldest first; see `read_manifests`."""
+        return read_manifests(self.refined, REFINED.manifest_folder(query), SnapshotManifest, replacing, days)
 
 
 Manifest = TypeVar("Manifest", RawManifest, SnapshotManifest)
 MANIFEST_READERS = 8
 """Manifests read at once from an object store. Each is a small object, so reading one is mostly
-waiting on two requests (pyarrow sends a HEAD, then a GET), and a query with years of history has
-thousands: the cascade sensor reads them all (docs/benchmarks.md, "The cascade sensor")."""
+waiting on its GET, and a query with years of history has thousands: the cascade sensor's first
+check of a query reads them all (docs/benchmarks.md, "The cascade sensor")."""
 
 
-def _read_manifest(zone: Zone, relative: str, model: type[Manifest]) -> Manifest | ValueError | OSError:
+def _manifest_names(zone: Zone, folder: str) -> list[str]:
+    return [name for name in zone.list_names(folder) if MANIFEST_NAME.match(name)]
+
+
+def _day_of(name: str) -> dt.date:
+    return dt.datetime.strptime(name.removesuffix(".json"), "%Y%m%d").date()
+
+
+def manifest_days(zone: Zone, folder: str) -> list[dt.date]:
+    """The days of the manifests in `folder` (files named `YYYYMMDD.json`), oldest first."""
+    return [_day_of(name) for name in _manifest_names(zone, folder)]
+
+
+def _read_manifest(read: Callable[[str], str], relative: str, model: type[Manifest]) -> Manifest | ValueError | OSError:
     """One manifest, or what reading or parsing it raised, so that the caller decides in date order."""
     try:
-        return model.model_validate_json(zone.read_text(relative))
+        return model.model_validate_json(read(relative))
     except (ValueError, OSError) as error:
         return error
 
 
-def read_manifests(zone: Zone, folder: str, model: type[Manifest], replacing: Collection[Day] = ()) -> list[Manifest]:
-    """The manifests in `folder`, oldest first: only files named `YYYYMMDD.json` count.
+def read_manifests(
+    zone: Zone,
+    folder: str,
+    model: type[Manifest],
+    replacing: Collection[Day] = (),
+    days: Collection[dt.date] | None = None,
+) -> list[Manifest]:
+    """The manifests in `folder`, oldest first: only files named `YYYYMMDD.json` count, and with
+    `days`, only those days' (days listed beforehand, `manifest_days`: this lists nothing).
 
     A manifest that cannot be read stops the query with its path, because every later partition
     depends on it, except those of the days in `replacing`: the run that replaces a day needs
     nothing from its manifest, so re-running a day is how a damaged manifest is repaired. On an
-    object store they are read `MANIFEST_READERS` at a time.
+    object store they are read `MANIFEST_READERS` at a time, with one GET each.
     """
     replaced = {day.compact for day in replacing}
-    names = [name for name in zone.list_names(folder) if MANIFEST_NAME.match(name)]
+    names = _manifest_names(zone, folder) if days is None else [f"{Day(day).compact}.json" for day in sorted(days)]
+    read = zone.text_reader()
     with ThreadPoolExecutor(max_workers=1 if zone.local else MANIFEST_READERS, thread_name_prefix="manifest") as pool:
-        outcomes = list(pool.map(lambda name: _read_manifest(zone, f"{folder}/{name}", model), names))
+        outcomes = list(pool.map(lambda name: _read_manifest(read, f"{folder}/{name}", model), names))
     manifests = []
     for name, outcome in zip(names, outcomes, strict=True):
         if not isinstance(outcome, ValueError | OSError):
@@ -231,7 +264,7 @@ def read_manifests(zone: Zone, folder: str, model: type[Manifest], replacing: Co
         if compact in replaced:
             dg.get_dagster_logger().warning(f"manifest {location} cannot be read; this run replaces it")
             continue
-        day = dt.datetime.strptime(compact, "%Y%m%d").date()
+        day = _day_of(name)
         raise ManifestError(
             f"manifest {location} cannot be read ({type(outcome).__name__}); "
             f"re-run partition {day.isoformat()} of this asset to rewrite it",

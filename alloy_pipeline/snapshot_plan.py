@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from alloy_pipeline.lake import RawManifest, SnapshotManifest
@@ -57,16 +58,47 @@ def plan_snapshot(query: str, day: Day, snapshots: list[SnapshotManifest], raws:
     return SnapshotPlan(day=day, previous=previous, base=base, raws=tuple(pending))
 
 
-def out_of_date(query: str, snapshots: list[SnapshotManifest], raws: list[RawManifest]) -> dict[dt.date, list[str]]:
+@dataclass(frozen=True)
+class EarlierCheck:
+    """What a check of a query can take over from an earlier one: nothing before `since` has been
+    materialised since it, so the days before `since` are out of date exactly as it found them
+    (`stale`), and only the days from `since` on need their manifests read again."""
+
+    since: dt.date
+    stale: Mapping[dt.date, list[str]]
+
+    def manifests_needed(
+        self, snapshot_days: Sequence[dt.date], raw_days: Sequence[dt.date]
+    ) -> tuple[list[dt.date], list[dt.date]]:
+        """The snapshot and raw days that planning each snapshot day from `since` on reads
+        (`plan_snapshot`): those days, the snapshot before them and the raw days from after that
+        one to the last snapshot (from the first raw day when no snapshot is before `since`)."""
+        last = max(snapshot_days, default=None)
+        if last is None or last < self.since:
+            return [], []
+        base = max((day for day in snapshot_days if day < self.since), default=dt.date.min)
+        return [day for day in snapshot_days if day >= base], [day for day in raw_days if base < day <= last]
+
+
+def out_of_date(
+    query: str,
+    snapshots: list[SnapshotManifest],
+    raws: list[RawManifest],
+    earlier: EarlierCheck | None = None,
+) -> dict[dt.date, list[str]]:
     """The committed snapshot days whose inputs are no longer the committed versions, with what changed.
 
     In date order, so that a day built on an out-of-date day is out of date too, though its own
     inputs stand: it was built on content that a rebuild will change. Snapshots written before
-    lineage was recorded are taken as current.
+    lineage was recorded are taken as current. With `earlier`, only the days from `earlier.since`
+    are checked, from at least the manifests it names as needed, and the days before are taken
+    from it; a later day built on one of those is still out of date.
     """
-    stale: dict[dt.date, list[str]] = {}
+    stale: dict[dt.date, list[str]] = (
+        {day: changes for day, changes in earlier.stale.items() if day < earlier.since} if earlier else {}
+    )
     for manifest in sorted(snapshots, key=lambda snapshot: snapshot.day):
-        if manifest.inputs is None:
+        if manifest.inputs is None or (earlier and manifest.day < earlier.since):
             continue
         try:
             plan = plan_snapshot(query, Day(manifest.day), snapshots, raws)

@@ -9,13 +9,14 @@ import hashlib
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import boto3
 import pyarrow.fs as pafs
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from alloy_pipeline.s3_uri import S3Uri
 
@@ -141,6 +142,26 @@ class Zone:
                 return None
             raise
         return Revision(response["Body"].read().decode("utf-8"), response["ETag"])
+
+    def text_reader(self) -> Callable[[str], str]:
+        """`read_text` for reading many small files: on S3 one GET a file (pyarrow sends a HEAD
+        first), through one boto3 client that threads may share. As from pyarrow, a missing file
+        raises FileNotFoundError, and any other failure OSError."""
+        if self.local:
+            return self.read_text
+        client = self._s3()
+
+        def read(relative: str) -> str:
+            bucket, key = self._object(relative)
+            try:
+                return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+            except ClientError as error:
+                failure = FileNotFoundError if _error_code(error) in _MISSING else OSError
+                raise failure(f"s3://{bucket}/{key}: {_error_code(error)}") from error
+            except BotoCoreError as error:
+                raise OSError(f"s3://{bucket}/{key}: {error}") from error
+
+        return read
 
     def write_text_if(self, relative: str, text: str, expected: Revision | None) -> bool:
         """Replace a small file as `write_text` does, but only if it is still `expected` (None: only

@@ -5,8 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import pytest
@@ -14,12 +18,15 @@ from pyspark.sql import SparkSession
 
 from alloy_pipeline.alloy.simulator import AlloySimulator, demo_dataset
 from alloy_pipeline.cascade import CASCADE_TAG, CAUSE_TAG, SENSOR_NAME, build_cascade_sensor
+from alloy_pipeline.check_targets import latest_materialization
 from alloy_pipeline.definitions import build_definitions
 from alloy_pipeline.engine import EngineSettings
-from alloy_pipeline.lake import RAW, REFINED, LakeResource, RawManifest, SnapshotManifest
+from alloy_pipeline.lake import RAW, REFINED, LakeResource, Layer, RawManifest, SnapshotManifest
 from alloy_pipeline.lineage import Lineage, PartitionVersion
-from alloy_pipeline.naming import snapshot_key
+from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import DAYS_TAG, Day
+from alloy_pipeline.snapshot_plan import out_of_date, plan_snapshot
+from alloy_pipeline.zone import Zone
 from alloy_pipeline_tests.harness import API_KEY, Pipeline, failure_text
 
 QUERY = "dw_container_job"
@@ -57,10 +64,16 @@ def jobs(engine: EngineSettings, spark: SparkSession, tmp_path_factory: pytest.T
 
 
 def evaluate(
-    jobs: Pipeline, caplog: pytest.LogCaptureFixture, *, enabled: bool = True, cursor: str | None = None
+    jobs: Pipeline,
+    caplog: pytest.LogCaptureFixture,
+    *,
+    enabled: bool = True,
+    cursor: str | None = None,
+    lake: LakeResource | None = None,
 ) -> dg.SensorResult:
     """One tick of the sensor, as the daemon would run it, its log captured by `caplog`."""
-    context = dg.build_sensor_context(instance=jobs.instance, resources={"lake": jobs.lake}, cursor=cursor)
+    resources = {"lake": lake or jobs.lake}
+    context = dg.build_sensor_context(instance=jobs.instance, resources=resources, cursor=cursor)
     context.log.addHandler(caplog.handler)
     result = build_cascade_sensor([QUERY], enabled=enabled)(context)
     assert isinstance(result, dg.SensorResult)
@@ -135,7 +148,10 @@ def test_a_rerun_raw_day_flags_every_later_snapshot_and_one_ordered_rebuild_fixe
     caplog.clear()
     after = evaluate(jobs, caplog, cursor=result.cursor)
     assert not after.run_requests and not flags(after), "nothing is out of date any more"
-    assert tick_log(caplog) == [f"{QUERY}: 3 days (2024-03-01..2024-03-03) checked, none out of date"]
+    assert tick_log(caplog) == [
+        f"{QUERY}: 2 days (2024-03-02..2024-03-03) checked "
+        "(nothing before 2024-03-02 materialised since the last check), none out of date"
+    ]
     rebuilt_on = jobs.snapshot_manifest(QUERY, DAYS[1]).inputs.raws
     assert [(raw.day.isoformat(), raw.version) for raw in rebuilt_on] == [
         (DAYS[1], jobs.raw_manifest(QUERY, DAYS[1]).version)
@@ -227,6 +243,120 @@ def test_alloy_cascade_is_read_from_the_environment_as_the_code_location_loads(
     monkeypatch.setenv("ALLOY_CASCADE", "sometimes")
     with pytest.raises(ValueError, match=r"^ALLOY_CASCADE must be on or off, not 'sometimes'$"):
         build_definitions()
+
+
+def rerun(jobs: Pipeline, layer: Layer, day: str) -> None:
+    """Day `day` of `layer` committed again, as far as the sensor can tell: a new version in its
+    manifest (its tables where they were, so later runs still read them) and a materialization; a
+    snapshot records the inputs it is built on now, as a re-run does."""
+    partition, rerun_id = Day.from_key(day), uuid.uuid4().hex
+    update: dict[str, object] = {"run_id": rerun_id, "version": f"v_rerun_{rerun_id[:12]}"}
+    manifest = jobs.raw_manifest(QUERY, day) if layer is RAW else jobs.snapshot_manifest(QUERY, day)
+    assert manifest is not None
+    if layer is REFINED:
+        snapshots, raws = jobs.lake.snapshot_manifests(QUERY), jobs.lake.raw_manifests(QUERY)
+        update["inputs"] = plan_snapshot(QUERY, partition, snapshots, raws).lineage
+    text = manifest.model_copy(update=update).model_dump_json()
+    jobs.lake.zone(layer).write_text(layer.manifest_path(QUERY, partition), text)
+    asset = raw_key(QUERY) if layer is RAW else snapshot_key(QUERY)
+    jobs.instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=day))
+
+
+def test_a_check_after_a_rerun_finds_what_checking_every_day_finds_and_requests_the_same_rebuild(
+    jobs: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    def check(cursor: str | None) -> tuple[dg.SensorResult, dict[str, list[str]], list[str]]:
+        """A tick after `cursor`, against a first tick's and `out_of_date` over every manifest."""
+        result = evaluate(jobs, caplog, cursor=cursor)
+        lines = tick_log(caplog)
+        full = evaluate(jobs, caplog)
+        caplog.clear()
+        stale = {
+            day.isoformat(): changes
+            for day, changes in out_of_date(
+                QUERY, jobs.lake.snapshot_manifests(QUERY), jobs.lake.raw_manifests(QUERY)
+            ).items()
+        }
+        assert json.loads(result.cursor or "{}")["flagged"][QUERY] == stale, "the days out of date, as a full check"
+        assert result.run_requests == full.run_requests, "and the same rebuild"
+        for day, flag in flags(result).items():
+            latest = latest_materialization(jobs.instance, snapshot_key(QUERY), day)
+            assert latest and flag.target_materialization_data == latest, "each judges its day's latest"
+        return result, stale, lines
+
+    rerun(jobs, RAW, DAYS[1])
+    first, _, _ = check(None)
+
+    rerun(jobs, RAW, DAYS[2])
+    later, stale, [line] = check(first.cursor)
+    assert line.startswith(f"{QUERY}: 1 day ({DAYS[2]}..{DAYS[2]}) checked (nothing before {DAYS[2]} materialised")
+    assert sorted(flags(later)) == [DAYS[2]], "only the day whose findings changed is flagged again"
+    assert any(change.startswith(f"raw partition {DAYS[2]} (") for change in stale[DAYS[2]])
+    assert stale[DAYS[2]][-1] == f"base snapshot {DAYS[1]} is itself out of date", "found through its base"
+    [request] = later.run_requests
+    assert request.tags[START] == DAYS[1], "the rebuild starts at the earliest day out of date, not at the change"
+
+    rerun(jobs, REFINED, DAYS[2])
+    rerun(jobs, RAW, DAYS[0])
+    old, stale, _ = check(later.cursor)
+    assert sorted(flags(old)) == DAYS, "the old day, and the later ones whose findings changed with it"
+    assert stale[DAYS[2]] == [f"base snapshot {DAYS[1]} is itself out of date"], "day 3 re-run, on a stale base"
+    [request] = old.run_requests
+    assert (request.tags[START], request.tags[END]) == (DAYS[0], DAYS[-1])
+
+
+@dataclass(frozen=True)
+class ReadNotingZone(Zone):
+    """A zone that notes each file it reads; in the class, as the sensor is handed a copy of its lake."""
+
+    read: ClassVar[list[str]] = []
+
+    def read_text(self, relative: str) -> str:
+        self.read.append(relative)
+        return super().read_text(relative)
+
+
+class ReadNotingLake(LakeResource):
+    """The lake, its zones noting what they read."""
+
+    @cached_property
+    def raw(self) -> Zone:
+        return ReadNotingZone.parse(self.raw_zone)
+
+    @cached_property
+    def refined(self) -> Zone:
+        return ReadNotingZone.parse(self.refined_zone)
+
+
+def test_a_check_after_a_change_to_the_latest_day_reads_only_the_manifests_it_needs(
+    jobs: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = ReadNotingLake(raw_zone=jobs.lake.raw_zone, refined_zone=jobs.lake.refined_zone)
+    ReadNotingZone.read.clear()
+    first = evaluate(jobs, caplog, lake=lake)
+    every = [RAW.manifest_path(QUERY, Day(raw.day)) for raw in jobs.lake.raw_manifests(QUERY)]
+    every += [REFINED.manifest_path(QUERY, Day(snapshot.day)) for snapshot in jobs.lake.snapshot_manifests(QUERY)]
+    assert sorted(ReadNotingZone.read) == sorted(every), "a first check reads every manifest"
+
+    ReadNotingZone.read.clear()
+    rerun(jobs, RAW, DAYS[2])
+    after = evaluate(jobs, caplog, lake=lake, cursor=first.cursor)
+    assert sorted(ReadNotingZone.read) == sorted(
+        [
+            RAW.manifest_path(QUERY, Day.from_key(DAYS[2])),
+            REFINED.manifest_path(QUERY, Day.from_key(DAYS[1])),
+            REFINED.manifest_path(QUERY, Day.from_key(DAYS[2])),
+        ]
+    ), "the day, and the base snapshot it is planned on"
+    assert DAYS[2] in flags(after)
+
+    ReadNotingZone.read.clear()
+    caplog.clear()
+    jobs.instance.report_runless_asset_event(dg.AssetMaterialization(raw_key(QUERY), partition=NEXT_NIGHT))
+    evaluate(jobs, caplog, lake=lake, cursor=after.cursor)
+    assert not ReadNotingZone.read, "a raw day after the last snapshot changes no snapshot: nothing to read"
+    [line] = tick_log(caplog)
+    assert line.startswith(f"{QUERY}: no snapshot day from {NEXT_NIGHT} on to check")
 
 
 def test_a_damaged_manifest_is_reported_on_its_query_and_the_others_go_on(

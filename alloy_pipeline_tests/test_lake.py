@@ -53,10 +53,8 @@ def test_deleting_a_version_written_before_versions_keeps_the_newer_ones(zone: Z
     assert zone.list_names("day=1") == []
 
 
-def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) -> None:
-    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
-    day = Day.from_key("2024-03-01")
-    manifest = RawManifest(
+def raw_manifest(day: Day) -> RawManifest:
+    return RawManifest(
         query="jobs",
         day=day.date,
         version="v_20240302T030000Z_a",
@@ -68,6 +66,12 @@ def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) ->
         main_table="jobs",
         tables={},
     )
+
+
+def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) -> None:
+    lake = LakeResource(raw_zone=str(tmp_path / "raw"), refined_zone=str(tmp_path / "refined"))
+    day = Day.from_key("2024-03-01")
+    manifest = raw_manifest(day)
     folder = RAW.manifest_folder("jobs")
     lake.raw.write_text(RAW.manifest_path("jobs", day), manifest.model_dump_json())
     for stray in ("20240301.json.tmp", ".20240301.json.1234.tmp", "notes.txt", "20240302.json~"):
@@ -79,3 +83,15 @@ def test_only_manifest_files_count_and_a_damaged_one_is_named(tmp_path: Path) ->
     with pytest.raises(ManifestError, match=r"20240302\.json.*re-run partition 2024-03-02"):
         lake.raw_manifests("jobs")
     assert lake.raw_manifests("jobs", replacing=(damaged,)) == [manifest], "the run replacing it reads past it"
+
+
+def test_the_manifests_of_days_listed_before_are_read_alone_and_one_gone_since_is_named(zone: Zone) -> None:
+    lake = LakeResource(raw_zone=zone.uri, refined_zone=zone.uri)
+    days = [Day.from_key(key) for key in ("2024-03-01", "2024-03-02", "2024-03-03")]
+    for day in days:
+        lake.raw.write_text(RAW.manifest_path("jobs", day), raw_manifest(day).model_dump_json())
+    assert lake.raw_days("jobs") == [day.date for day in days]
+    read = lake.raw_manifests("jobs", days=[days[2].date, days[0].date])
+    assert read == [raw_manifest(days[0]), raw_manifest(days[2])], "those days only, oldest first"
+    with pytest.raises(ManifestError, match=r"20240304\.json cannot be read \(FileNotFoundError\)"):
+        lake.raw_manifests("jobs", days=[dt.date(2024, 3, 4)])
