@@ -151,15 +151,19 @@ def expected_keys(spark: SparkSession, plan: SnapshotPlan) -> ExpectedKeys:
     )
 
 
+def _raw_dates(plan: SnapshotPlan) -> list[str]:
+    """The `import_date`s of the plan's raw partitions: rows with one of them came from the raws."""
+    return [Day(raw.day).compact for raw in plan.raws]
+
+
 def written_keys(plan: SnapshotPlan) -> list[Column]:
     """What `audit_main_table` needs of the main table, counted by an observation of its write:
     beside its rows (`observe_rows`), their ids' digest and the rows whose `import_date` is a raw
     partition's (a base snapshot's rows are older). The write sees every row the table gets, so
     no second pass reads it back."""
-    raw_dates = [Day(raw.day).compact for raw in plan.raws]
     return [
         _digest().alias("digest"),
-        F.count_if(F.col("import_date").isin(raw_dates)).alias("from_raws"),
+        F.count_if(F.col("import_date").isin(_raw_dates(plan))).alias("from_raws"),
     ]
 
 
@@ -178,9 +182,8 @@ def audit_main_table(
     shuffle of every id, what is wrong.
     """
     if (found["rows"], found["digest"], found["from_raws"]) != (expected.items, expected.digest, expected.raw_items):
-        raw_dates = [Day(raw.day).compact for raw in plan.raws]
         rows = _stored_columns(spark, written, written.renames, ITEM_ID, "import_date")
-        return _measure(spark, plan, rows, raw_dates, expected.changes)
+        return _measure(spark, plan, rows, expected.changes)
     return WrittenKeys(
         rows=expected.items,
         distinct=expected.items,
@@ -194,15 +197,13 @@ def audit_main_table(
     )
 
 
-def _measure(
-    spark: SparkSession, plan: SnapshotPlan, rows: DataFrame, raw_dates: list[str], changes: MergeCounts
-) -> WrittenKeys:
+def _measure(spark: SparkSession, plan: SnapshotPlan, rows: DataFrame, changes: MergeCounts) -> WrittenKeys:
     """What is wrong with a written main table (`rows`: its ids and import dates), counted exactly.
 
     One aggregate over the ids of the table, the previous snapshot and the raws, grouped by item;
     a second query names some repeated ids when there are any.
     """
-    sources = [rows.select(ITEM_ID, F.lit("written").alias("source"), F.col("import_date").isin(raw_dates))]
+    sources = [rows.select(ITEM_ID, F.lit("written").alias("source"), F.col("import_date").isin(_raw_dates(plan)))]
     previous = plan.previous.tables[plan.previous.main_table] if plan.previous else None
     inputs = [(previous, previous.renames, "previous")] if previous else []
     inputs += [(raw.tables[raw.main_table], {}, "raw") for raw in plan.raws]
