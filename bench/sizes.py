@@ -3,13 +3,15 @@
 The day-1 raw extract (wall time, split into wait / download / Spark, and the peak RSS of the
 step's Python process), the day-1 snapshot, the day-2 raw extract and snapshot after 5 % of the
 items changed, a plain Spark copy of the day-1 snapshot and the day-2 snapshot once more
-(rebuilt), and the engine's jobs during the day-2 snapshot and the copy. The engine's own memory
-is not counted. A child is `bench/run.py --phase …`, told the step by its options.
+(rebuilt), the same day merged by DuckDB instead (`duckdb_peer.py`), and the engine's jobs during
+the day-2 snapshot and the copy. The engine's own memory is not counted. A child is
+`bench/run.py --phase …`, told the step by its options.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import resource
 import subprocess
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+from duckdb_peer import duckdb_merge
 from harness import (
     API_KEY,
     DAY1,
@@ -30,7 +33,7 @@ from harness import (
     engine_activity,
     job_load,
 )
-from synthetic import Materializer, Workspace, plain_copies
+from synthetic import QUERY, Materializer, Workspace, plain_copies
 
 from alloy_pipeline.alloy.simulator import SYNTHETIC_ROOT, AlloySimulator, synthetic_dataset
 from alloy_pipeline.spark import connect_session
@@ -56,7 +59,8 @@ def run_phase(args: argparse.Namespace) -> None:
     """Materialise one partition of one group and print what it took as JSON on the last line.
 
     With `--baseline` (the day-2 snapshot), also a plain copy of the day-1 snapshot in the same
-    engine, and the same day's snapshot once more (a rebuild, with the engine's caches warm).
+    engine, the same day's snapshot once more (a rebuild, with the engine's caches warm), and the
+    same day merged by DuckDB in this process, after its peak RSS is read: DuckDB's memory is its own.
     """
     workspace = Workspace(Path(args.workspace))
     with dg.instance_for_test() as instance:
@@ -72,7 +76,12 @@ def run_phase(args: argparse.Namespace) -> None:
             copy = plain_copies(connect_session(args.remote), workspace.snapshot(DAY1), workspace.root / "plain-copy")
             rebuilt = runs.run(args.phase, day=args.day)[0]
             figures |= {"plain_copy_window": [copy.start, copy.end], "rebuilt_window": [rebuilt.start, rebuilt.end]}
-    print(json.dumps(figures | {"peak_rss_mb": _peak_rss_mb()}))
+    figures["peak_rss_mb"] = _peak_rss_mb()
+    if args.baseline:
+        [raw] = workspace.lake.raw_manifests(QUERY, days=[dt.date.fromisoformat(DAY2)])
+        merged = duckdb_merge(workspace.snapshot(DAY1), raw, workspace.root / "duckdb-merge")
+        figures["duckdb_merge_window"] = [merged.start, merged.end]
+    print(json.dumps(figures))
 
 
 @dataclass
@@ -121,7 +130,7 @@ def _in_child(phase: str, day: str, alloy_url: str, remote: str, workspace: Work
 
 @dataclass(frozen=True)
 class SizeRun:
-    """The four steps at one size; the day-2 snapshot's step also timed a copy and a rebuild."""
+    """The four steps at one size; the day-2 snapshot's step also timed a copy, a rebuild and a DuckDB merge."""
 
     items: int
     raw1: Step
@@ -138,6 +147,10 @@ class SizeRun:
     @property
     def rebuilt_seconds(self) -> float:
         return self.snapshot2.window("rebuilt_window").seconds
+
+    @property
+    def duckdb_seconds(self) -> float:
+        return self.snapshot2.window("duckdb_merge_window").seconds
 
 
 def measure_size(bench: BenchEngine, root: Path, n_items: int) -> SizeRun:
@@ -170,17 +183,18 @@ def sizes_table(rows: list[SizeRun]) -> str:
         "| items | raw day 1 (s) | of which wait / download / Spark (s) | raw day 1 peak RSS (MB) "
         "| snapshot day 1 (s) | raw day 2, 5 % changed (s) | raw day 2 peak RSS (MB) "
         "| snapshot day 2, first / rebuilt (s) | plain Spark copy (s) | day 2 / copy, first / rebuilt "
-        "| Spark jobs, snapshot day 2 / copy (count in busy s) |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| DuckDB merge (s) | day 2 / DuckDB | Spark jobs, snapshot day 2 / copy (count in busy s) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
-        raw1, copy = row.raw1.figures, row.copy_seconds
+        raw1, copy, duckdb = row.raw1.figures, row.copy_seconds, row.duckdb_seconds
         lines.append(
             f"| {row.items:,} | {row.raw1.seconds:.1f} | {raw1['wait_seconds']:.1f} / {raw1['download_seconds']:.1f} / "
             f"{raw1['convert_seconds']:.1f} | {row.raw1.peak_rss_mb:.0f} | {row.snapshot1.seconds:.1f} "
             f"| {row.raw2.seconds:.1f} | {row.raw2.peak_rss_mb:.0f} "
             f"| {row.snapshot2.seconds:.1f} / {row.rebuilt_seconds:.1f} "
             f"| {copy:.1f} | {row.snapshot2.seconds / copy:.2f}× / {row.rebuilt_seconds / copy:.2f}× "
+            f"| {duckdb:.1f} | {row.snapshot2.seconds / duckdb:.2f}× "
             f"| {row.snapshot2_jobs} / {row.copy_jobs} |"
         )
     return "\n".join(lines)
