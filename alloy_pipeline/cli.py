@@ -18,7 +18,7 @@ import dagster as dg
 from pyspark.sql import DataFrame, SparkSession
 
 from alloy_pipeline import engine
-from alloy_pipeline.aqs import load_queries
+from alloy_pipeline.aqs import AqsError, load_queries
 from alloy_pipeline.demo_instance import (
     DEMO_API_KEY,
     INSTANCE_FOLDER,
@@ -32,7 +32,7 @@ from alloy_pipeline.engine import EngineSettings
 from alloy_pipeline.lake import RAW, REFINED, LakeResource
 from alloy_pipeline.mapping import MappingError, MappingNames, MappingResource, unmatched_files
 from alloy_pipeline.naming import table_slug
-from alloy_pipeline.partitions import LONDON, Day, ranged_run_tags
+from alloy_pipeline.partitions import DAYS_TAG, LONDON, Day, ranged_run_tags
 from alloy_pipeline.spark import connected
 from alloy_pipeline.tables import read_table
 
@@ -67,23 +67,45 @@ def _ranges(days: list[str], size: int) -> list[list[str]]:
     return [days[start : start + size] for start in range(0, len(days), size)]
 
 
-def rebuild_snapshots(definitions: dg.Definitions, days: list[str], instance: dg.DagsterInstance) -> None:
+def rebuild_snapshots(
+    definitions: dg.Definitions, days: list[str], instance: dg.DagsterInstance, *, raise_on_error: bool = True
+) -> list[dg.ExecuteInProcessResult]:
     """Re-materialise every snapshot asset for `days` in date order, as an asset backfill does.
 
     Each run covers as many days as the snapshot assets' backfill policy allows (31 by
-    default); within a run, each day is built on the one before it and committed in turn.
+    default); within a run, each day is built on the one before it and committed in turn. A
+    failed run ends the rebuild (every later day is built on the one it failed at); without
+    `raise_on_error` its result is the last one returned.
     """
     job = definitions.resolve_implicit_global_asset_job_def()
     snapshots = [key for key in definitions.resolve_all_asset_keys() if key.path[1] == "snapshot"]
     policy = definitions.resolve_assets_def(snapshots[0]).backfill_policy
     size = (policy.max_partitions_per_run if policy else None) or len(days)
+    results = []
     for chunk in _ranges(days, size):
-        job.execute_in_process(
+        result = job.execute_in_process(
             instance=instance,
             asset_selection=snapshots,
             run_config=QUIET,
             tags=ranged_run_tags(chunk[0], chunk[-1]),
+            raise_on_error=raise_on_error,
         )
+        results.append(result)
+        if not result.success:
+            break
+    return results
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    """A failed run's errors, each with its causes: the snapshot step says which day stopped it and
+    which days are committed, its cause why."""
+    messages = []
+    for event in result.get_step_failure_events():
+        error = event.step_failure_data.error
+        while error is not None:
+            messages.append(error.message.strip())
+            error = error.cause
+    return "; caused by: ".join(messages) or "see the run's log"
 
 
 def _queries(definitions: dg.Definitions) -> list[str]:
@@ -228,13 +250,28 @@ def _show(result: DataFrame, rows: int = 50) -> None:
 
 
 def rebuild(first: dt.date, last: dt.date) -> int:
-    """Rebuild the snapshots of every query from `first` to `last` with the configured resources."""
+    """Rebuild the snapshots of every query from `first` to `last` with the configured resources,
+    saying what each run rebuilt; a failed run ends it, with its error and exit status 1."""
     from alloy_pipeline.definitions import build_definitions
 
     if last < first:
-        print(f"--to {last} is before --from {first}", file=sys.stderr)
+        print(f"alloy-pipeline rebuild: --to {last} is before --from {first}", file=sys.stderr)
         return 2
-    rebuild_snapshots(build_definitions(), _days(first, last), _instance())
+    try:
+        definitions = build_definitions()
+    except AqsError as error:
+        print(f"alloy-pipeline rebuild: {error}", file=sys.stderr)
+        return 2
+    with _instance() as instance:
+        for result in rebuild_snapshots(definitions, _days(first, last), instance, raise_on_error=False):
+            days = result.dagster_run.tags[DAYS_TAG]
+            if not result.success:
+                print(
+                    f"alloy-pipeline rebuild: run {result.run_id} over {days} failed: {_failure(result)}",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"rebuilt {days} in run {result.run_id}")
     return 0
 
 

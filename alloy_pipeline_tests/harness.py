@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,3 +218,11 @@ def failure_text(result: dg.ExecuteInProcessResult, step_key_part: str = "") -> 
             texts.append(error.message)
             error = error.cause
     return "\n".join(texts)
+
+
+def wait_until(condition: Callable[[], bool], what: str, seconds: float, poll: float = 0.2) -> None:
+    """Poll `condition` every `poll` s until it holds; fail naming `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
+        time.sleep(poll)

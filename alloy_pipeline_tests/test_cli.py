@@ -33,11 +33,9 @@ def launched(home: Path) -> list[dg.RunRecord]:
         return list(reversed(instance.get_run_records()))
 
 
-def test_a_rebuild_longer_than_a_run_is_split_into_runs_of_the_configured_days_in_date_order(
-    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Days 2 and 3 carry day 1 forward: only day 1 needs an extract."""
-    pipeline.keep_only("Gully Inspections").run(DAYS[0], group="alloy_raw")
+def configured(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The environment a user sets for the pipeline's lake, catalog and engine, with two days a run,
+    and DAGSTER_HOME, which is returned."""
     for name in [name for name in os.environ if name.startswith("ALLOY_")]:
         monkeypatch.delenv(name)
     catalog = pipeline.session_catalog()
@@ -52,7 +50,17 @@ def test_a_rebuild_longer_than_a_run_is_split_into_runs_of_the_configured_days_i
         "SPARK_REMOTE": pipeline.remote,
     }.items():
         monkeypatch.setenv(name, value)
-    home = dagster_home(monkeypatch, tmp_path)
+    return dagster_home(monkeypatch, tmp_path)
+
+
+def test_a_rebuild_longer_than_a_run_is_split_into_runs_of_the_configured_days_in_date_order(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Days 2 and 3 carry day 1 forward: only day 1 needs an extract. A rebuild from a day before
+    any raw partition fails at that day, says so last (after Dagster's own log of the failed
+    step) and stops."""
+    pipeline.keep_only("Gully Inspections").run(DAYS[0], group="alloy_raw")
+    home = configured(pipeline, monkeypatch, tmp_path)
 
     assert cli.main(["rebuild", "--from", DAYS[0], "--to", DAYS[-1]]) == 0
     runs = launched(home)
@@ -63,6 +71,20 @@ def test_a_rebuild_longer_than_a_run_is_split_into_runs_of_the_configured_days_i
     assert {run.dagster_run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
     committed_by = {manifest.day.isoformat(): manifest.run_id for manifest in pipeline.lake.snapshot_manifests(QUERY)}
     assert committed_by == {day: runs[number // 2].dagster_run.run_id for number, day in enumerate(DAYS)}
+    assert capsys.readouterr().out.splitlines() == [
+        f"rebuilt {DAYS[0]}..{DAYS[1]} (2 days) in run {runs[0].dagster_run.run_id}",
+        f"rebuilt {DAYS[2]}..{DAYS[2]} (1 day) in run {runs[1].dagster_run.run_id}",
+    ]
+
+    assert cli.main(["rebuild", "--from", "2024-02-28", "--to", DAYS[-1]]) == 1
+    failed = launched(home)[2:]
+    assert [run.dagster_run.status for run in failed] == [dg.DagsterRunStatus.FAILURE], "no run after a failed one"
+    output = capsys.readouterr()
+    assert output.out == ""
+    line = output.err.splitlines()[-1]
+    assert line.startswith(f"alloy-pipeline rebuild: run {failed[0].dagster_run.run_id} over 2024-02-28..2024-02-29")
+    assert f"query {QUERY}, partition 2024-02-28: the run over 2024-02-28..2024-02-29 stopped at this day" in line
+    assert committed_by == {m.day.isoformat(): m.run_id for m in pipeline.lake.snapshot_manifests(QUERY)}
 
 
 def test_a_rebuild_to_a_day_before_its_first_is_refused_and_launches_nothing(
@@ -71,8 +93,20 @@ def test_a_rebuild_to_a_day_before_its_first_is_refused_and_launches_nothing(
     monkeypatch.setenv("ALLOY_AQS_DIR", str(REPO / "aqs_queries"))
     home = dagster_home(monkeypatch, tmp_path)
     assert cli.main(["rebuild", "--from", DAYS[-1], "--to", DAYS[0]]) == 2
-    assert capsys.readouterr().err == f"--to {DAYS[0]} is before --from {DAYS[-1]}\n"
+    assert capsys.readouterr().err == f"alloy-pipeline rebuild: --to {DAYS[0]} is before --from {DAYS[-1]}\n"
     assert list(home.iterdir()) == [], "nothing launched: the instance was not even opened"
+
+
+def test_a_rebuild_without_queries_says_so_and_launches_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "aqs"
+    empty.mkdir()
+    monkeypatch.setenv("ALLOY_AQS_DIR", str(empty))
+    home = dagster_home(monkeypatch, tmp_path)
+    assert cli.main(["rebuild", "--from", DAYS[0], "--to", DAYS[-1]]) == 2
+    assert capsys.readouterr().err == f"alloy-pipeline rebuild: AQS folder {empty} holds no *.json query files\n"
+    assert list(home.iterdir()) == []
 
 
 def test_engine_status_exits_0_and_prints_the_url_while_the_folders_engine_runs(

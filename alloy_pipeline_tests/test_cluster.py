@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from alloy_pipeline import engine as engines
 from alloy_pipeline.engine import LOOPBACK, EngineSettings
 from alloy_pipeline.lake import LakeResource
 from alloy_pipeline_tests.conftest import ENGINE_TIME_ZONE, STARTER_SECRETS
-from alloy_pipeline_tests.harness import REPO, RUN_TIME_COLUMNS, Pipeline, rows_of
+from alloy_pipeline_tests.harness import REPO, RUN_TIME_COLUMNS, Pipeline, rows_of, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -41,13 +40,6 @@ START_SECONDS = 120.0
 RUN_SECONDS = 300.0
 """How long the cluster's runs may take on a loaded machine; about 50 s on a quiet one."""
 EXECUTOR_MEMORY = "512m"
-
-
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = START_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
-        time.sleep(0.2)
 
 
 def get_json(url: str) -> Any:
@@ -183,9 +175,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
             return check
 
-        wait_until(master_reports(lambda state: state["status"] == "ALIVE"), "the master is up")
+        wait_until(master_reports(lambda state: state["status"] == "ALIVE"), "the master is up", START_SECONDS)
         engines.start(settings, os.environ | STARTER_SECRETS)  # meanwhile the worker registers
-        wait_until(master_reports(lambda state: state["aliveworkers"] == 1), "the worker registers with the master")
+        wait_until(
+            master_reports(lambda state: state["aliveworkers"] == 1),
+            "the worker registers with the master",
+            START_SECONDS,
+        )
         yield running
     finally:
         engines.stop(settings)

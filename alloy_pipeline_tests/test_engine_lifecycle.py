@@ -11,8 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from alloy_pipeline import engine as engines
 from alloy_pipeline.cli import engine_command, main
 from alloy_pipeline.engine import IDENTIFYING_SETTINGS, SERVER_CLASS, EngineSettings, EngineState
+from alloy_pipeline_tests.harness import wait_until
 
 LISTENER = """
 import socket, sys, time
@@ -40,13 +40,6 @@ def stand_in_arguments(settings: EngineSettings) -> list[str]:
     ]
 
 
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[bytes]]]:
     """The processes `start` and `running()` launch in place of the Spark Connect server."""
@@ -56,7 +49,7 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen
         engines._new_token(settings)
         server = subprocess.Popen([sys.executable, "-c", LISTENER, str(settings.port), *stand_in_arguments(settings)])
         launched.append(server)
-        wait_until(lambda: engines._listens_on(server.pid, settings.port), "the stand-in listens")
+        wait_until(lambda: engines._listens_on(server.pid, settings.port), "the stand-in listens", 10, poll=0.02)
         return server.pid, settings.home / "stand-in.out"
 
     monkeypatch.setattr(engines, "_launch", launch)

@@ -9,10 +9,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +20,7 @@ import pytest
 from alloy_pipeline.definitions import build_definitions
 from alloy_pipeline.demo_instance import DEMO_RECORD, INSTANCE_FOLDER, DemoRecord, dev_environment, project_root
 from alloy_pipeline.engine import free_port
+from alloy_pipeline_tests.harness import wait_until
 
 pytestmark = [
     pytest.mark.system,
@@ -29,13 +29,6 @@ pytestmark = [
 
 CLI = Path(sys.executable).with_name("alloy-pipeline")
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-
-
-def wait_until(condition: Callable[[], bool], what: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
-        time.sleep(0.2)
 
 
 def run(*arguments: str | Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

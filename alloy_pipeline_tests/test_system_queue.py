@@ -27,8 +27,7 @@ from alloy_pipeline.engine import EngineSettings, free_port
 from alloy_pipeline.lake import REFINED, LakeResource
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import Day, ranged_run_tags
-from alloy_pipeline_tests.harness import API_KEY, Pipeline
-from alloy_pipeline_tests.test_system_demo import wait_until
+from alloy_pipeline_tests.harness import API_KEY, Pipeline, wait_until
 
 pytestmark = pytest.mark.system
 
