@@ -5,7 +5,9 @@ step's Python process), the day-1 snapshot, the day-2 raw extract and snapshot a
 items changed, a plain Spark copy of the day-1 snapshot and the day-2 snapshot once more
 (rebuilt), the same day merged by DuckDB instead (`duckdb_peer.py`), and the engine's jobs during
 the day-2 snapshot and the copy. The engine's own memory is not counted. A child is
-`bench/run.py --phase …`, told the step by its options.
+`bench/run.py --phase …`, told the step by its options. Last, the day-2 snapshot as a user's
+command builds it: `dagster asset materialize` of that one partition, from launch to exit, loading
+the code location from the workspace's folders.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dagster as dg
 from duckdb_peer import duckdb_merge
 from harness import (
     API_KEY,
+    BIN,
     DAY1,
     DAY2,
     REPO,
@@ -31,11 +34,14 @@ from harness import (
     Window,
     clean_environment,
     engine_activity,
+    event_time,
     job_load,
+    timed,
 )
 from synthetic import QUERY, Materializer, Workspace, plain_copies
 
 from alloy_pipeline.alloy.simulator import SYNTHETIC_ROOT, AlloySimulator, synthetic_dataset
+from alloy_pipeline.naming import snapshot_key
 from alloy_pipeline.spark import connect_session
 
 RUN = REPO / "bench" / "run.py"
@@ -129,6 +135,66 @@ def _in_child(phase: str, day: str, alloy_url: str, remote: str, workspace: Work
 
 
 @dataclass(frozen=True)
+class Command:
+    """`dagster asset materialize` of one snapshot day, in epoch seconds: launch, the run's start
+    (the process, its imports, the instance, loading the code location, the run's record), its one
+    step's start and end, and exit."""
+
+    launched: float
+    run_start: float
+    step_start: float
+    step_end: float
+    exited: float
+
+    @property
+    def seconds(self) -> float:
+        return self.exited - self.launched
+
+    def __str__(self) -> str:
+        parts = (self.run_start - self.launched, self.step_start - self.run_start, self.step_end - self.step_start)
+        return " / ".join(f"{part:.1f}" for part in (*parts, self.exited - self.step_end))
+
+
+def _snapshot_command(workspace: Workspace, day: str, alloy_url: str, remote: str) -> Command:
+    """`dagster asset materialize` of the query's snapshot on `day`, as a user runs it: a new process
+    that loads the code location (the workspace's folders, through the environment) and runs the
+    one step in its own process (`build_executor`)."""
+    home = workspace.root / "command_home"
+    home.mkdir(exist_ok=True)
+    lake, catalog = workspace.lake, workspace.catalog
+    environment = clean_environment(
+        SPARK_REMOTE=remote,
+        ALLOY_API_URL=alloy_url,
+        ALLOY_API_KEY=API_KEY,
+        ALLOY_AQS_DIR=str(workspace.root / "aqs"),
+        ALLOY_RAW_ZONE=lake.raw_zone,
+        ALLOY_REFINED_ZONE=lake.refined_zone,
+        ALLOY_MAPPING_LOCATION=str(workspace.mappings),
+        ALLOY_RAW_DATABASE=catalog.raw_database,
+        ALLOY_REFINED_DATABASE=catalog.refined_database,
+        DAGSTER_HOME=str(home),
+    )
+    command = [str(BIN / "dagster"), "asset", "materialize", "-m", "alloy_pipeline.definitions"]
+    command += ["--select", snapshot_key(QUERY).to_user_string(), "--partition", day]
+    window, completed = timed(
+        lambda: subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=environment, check=False)
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{(completed.stdout + completed.stderr)[-4000:]}")
+    kinds = dg.DagsterEventType
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        [run] = instance.get_runs(limit=1)
+        records = instance.all_logs(run.run_id)
+    return Command(
+        launched=window.start,
+        run_start=event_time(records, kinds.RUN_START),
+        step_start=event_time(records, kinds.STEP_START),
+        step_end=event_time(records, kinds.STEP_SUCCESS),
+        exited=window.end,
+    )
+
+
+@dataclass(frozen=True)
 class SizeRun:
     """The four steps at one size; the day-2 snapshot's step also timed a copy, a rebuild and a DuckDB merge."""
 
@@ -137,6 +203,8 @@ class SizeRun:
     snapshot1: Step
     raw2: Step
     snapshot2: Step
+    command: Command
+    """The day-2 snapshot once more, by `dagster asset materialize`."""
     snapshot2_jobs: JobLoad
     copy_jobs: JobLoad
 
@@ -166,6 +234,7 @@ def measure_size(bench: BenchEngine, root: Path, n_items: int) -> SizeRun:
         simulator.dataset.edit(SYNTHETIC_ROOT, max(1, n_items * 5 // 100))
         raw2 = phase("raw", DAY2)
         snapshot2 = phase("snapshot", DAY2, baseline=True)
+        command = _snapshot_command(workspace, DAY2, simulator.url, bench.url)
     activity = engine_activity(bench.events)
     return SizeRun(
         items=n_items,
@@ -173,6 +242,7 @@ def measure_size(bench: BenchEngine, root: Path, n_items: int) -> SizeRun:
         snapshot1=snapshot1,
         raw2=raw2,
         snapshot2=snapshot2,
+        command=command,
         snapshot2_jobs=job_load(activity, snapshot2.window()),
         copy_jobs=job_load(activity, snapshot2.window("plain_copy_window")),
     )
@@ -183,8 +253,9 @@ def sizes_table(rows: list[SizeRun]) -> str:
         "| items | raw day 1 (s) | of which wait / download / Spark (s) | raw day 1 peak RSS (MB) "
         "| snapshot day 1 (s) | raw day 2, 5 % changed (s) | raw day 2 peak RSS (MB) "
         "| snapshot day 2, first / rebuilt (s) | plain Spark copy (s) | day 2 / copy, first / rebuilt "
-        "| DuckDB merge (s) | day 2 / DuckDB | Spark jobs, snapshot day 2 / copy (count in busy s) |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| DuckDB merge (s) | day 2 / DuckDB | day 2 by `dagster asset materialize` (s) "
+        "| of which to run start / to step start / step / exit (s) | command / copy | Spark jobs, snapshot day 2 / copy (count in busy s) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         raw1, copy, duckdb = row.raw1.figures, row.copy_seconds, row.duckdb_seconds
@@ -195,6 +266,7 @@ def sizes_table(rows: list[SizeRun]) -> str:
             f"| {row.snapshot2.seconds:.1f} / {row.rebuilt_seconds:.1f} "
             f"| {copy:.1f} | {row.snapshot2.seconds / copy:.2f}× / {row.rebuilt_seconds / copy:.2f}× "
             f"| {duckdb:.1f} | {row.snapshot2.seconds / duckdb:.2f}× "
+            f"| {row.command.seconds:.1f} | {row.command} | {row.command.seconds / copy:.2f}× "
             f"| {row.snapshot2_jobs} / {row.copy_jobs} |"
         )
     return "\n".join(lines)

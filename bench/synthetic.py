@@ -61,16 +61,23 @@ class Workspace:
         """The pipeline's resources, its steps thin clients of the engine at `remote`; the environment names
         `alloy_url` as the Alloy API, as an operator's would (the key goes nowhere else)."""
         os.environ[API_URL_VARIABLE] = alloy_url
-        database = "bench_" + re.sub(r"\W", "_", self.root.name).lower()
         return {
             "alloy": AlloyResource(base_url=alloy_url, api_key=API_KEY),
             "lake": self.lake,
-            "mappings": MappingResource(location=str(self.root / "lake" / "mappings")),
-            "catalog": CatalogResource(
-                backend="spark", raw_database=f"{database}_raw", refined_database=f"{database}_refined"
-            ),
+            "mappings": MappingResource(location=str(self.mappings)),
+            "catalog": self.catalog,
             "pyspark": SparkResource(remote=remote),
         }
+
+    @property
+    def mappings(self) -> Path:
+        return self.root / "lake" / "mappings"
+
+    @property
+    def catalog(self) -> CatalogResource:
+        """The workspace's own databases in the engine's catalog, named after its folder."""
+        database = "bench_" + re.sub(r"\W", "_", self.root.name).lower()
+        return CatalogResource(backend="spark", raw_database=f"{database}_raw", refined_database=f"{database}_refined")
 
     def snapshot(self, day: str) -> SnapshotManifest:
         return next(manifest for manifest in self.lake.snapshot_manifests(QUERY) if manifest.day.isoformat() == day)
