@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, ValidationError
 
 from alloy_pipeline.aqs import AqsQuery
 from alloy_pipeline.s3_uri import S3Uri
@@ -213,6 +214,16 @@ class MappingResource(dg.ConfigurableResource):
         default_factory=S3Resource, description="S3 access for s3:// locations (honours AWS_ENDPOINT_URL)."
     )
 
+    _client: Any = PrivateAttr(default=None)
+
+    def _s3_client(self) -> Any:
+        """dagster-aws's S3 client, made once per resource, so once a run: `S3Resource.get_client`
+        makes a boto3 Session each time, which loads its service models afresh (about a quarter of a
+        second of CPU), and a snapshot day reads up to two files a table."""
+        if self._client is None:
+            self._client = self.s3.get_client()
+        return self._client
+
     def _s3_folder(self) -> S3Uri | None:
         """The S3 location with its key as a prefix (empty, or ending in `/`); None for a local folder."""
         folder = S3Uri.parse(self.location)
@@ -232,7 +243,7 @@ class MappingResource(dg.ConfigurableResource):
             return Mapping.parse(str(path), path.read_bytes()) if path.is_file() else None
         file = S3Uri(folder.bucket, f"{folder.key}{file_name}")
         try:
-            body = self.s3.get_client().get_object(Bucket=file.bucket, Key=file.key)["Body"].read()
+            body = self._s3_client().get_object(Bucket=file.bucket, Key=file.key)["Body"].read()
         except ClientError as error:
             if _code(error) in _NOT_FOUND:
                 return None
@@ -258,7 +269,7 @@ class MappingResource(dg.ConfigurableResource):
         if folder is None:
             return tuple(sorted(path.name for path in self._local_folder().glob("*.json") if path.is_file()))
         pages = (
-            self.s3.get_client()
+            self._s3_client()
             .get_paginator("list_objects_v2")
             .paginate(Bucket=folder.bucket, Prefix=folder.key, Delimiter="/")
         )
