@@ -17,6 +17,7 @@ that the tables it registered will not outlive the step.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Literal
 
 import dagster as dg
@@ -28,6 +29,7 @@ from alloy_pipeline.lake import RAW, REFINED, Layer, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.registration import Registration
 from alloy_pipeline.spark_catalog import KnownTable, register_in_session
+from alloy_pipeline.tables import run_together
 
 
 class CatalogError(RuntimeError):
@@ -56,19 +58,22 @@ class CatalogResource(dg.ConfigurableResource):
     """The tables this step registered in, by name: later days skip the lookups."""
 
     def register(self, spark: SparkSession, registrations: Sequence[Registration]) -> None:
-        """Register partitions; a refusal is a CatalogError that says the data is in place."""
+        """Register partitions, a table each at once (`run_together`: each is a few round trips to
+        the catalog); a refusal is a CatalogError that says the data is in place."""
         names = ", ".join(f"{r.qualified_name} ({'/'.join(r.partition_values)})" for r in registrations)
         try:
             if self.backend == "glue":
                 client = self.glue.get_client()
-                for registration in registrations:
-                    register_in_glue(client, registration)
+                run_together({r.qualified_name: partial(register_in_glue, client, r) for r in registrations})
             else:
                 if not self._known:
                     _warn_if_ephemeral(spark)
-                for registration in registrations:
-                    name = registration.qualified_name
-                    self._known[name] = register_in_session(spark, registration, self._known.get(name))
+                self._known |= run_together(
+                    {
+                        r.qualified_name: partial(register_in_session, spark, r, self._known.get(r.qualified_name))
+                        for r in registrations
+                    }
+                )
         except Exception as error:
             raise CatalogError(
                 f"registering {names} in the {self.backend} catalog failed ({error}); the data is committed "

@@ -1,5 +1,5 @@
 """Spark I/O of a partition's tables: reading committed ones by their manifest entry, and
-writing a day's tables together.
+writing (or registering) a day's tables together.
 
 Spark infers a parquet folder's schema with a job that reads a file footer, and it infers it
 again each time a plan holding the read is analysed or run. A snapshot day reads six tables and
@@ -31,15 +31,17 @@ def read_table(spark: SparkSession, entry: TableOutput) -> DataFrame:
 T = TypeVar("T")
 
 
-def write_together(writes: Mapping[str, Callable[[], T]]) -> dict[str, T]:
-    """Run each table's write at once, and return each one's result once all have ended.
+def run_together(operations: Mapping[str, Callable[[], T]]) -> dict[str, T]:
+    """Run each table's operation at once (a day's writes, or its registrations), and return each
+    one's result once all have ended.
 
     A table's write is often a single task (a small day, one large file, a CSV whose cells hold
-    newlines), which keeps one core of the engine busy; a day's tables are independent, so
-    writing them together keeps every core busy (Spark runs jobs from several threads of one
-    session side by side). The first failure is raised only after every write has ended, so
-    nothing is still writing when the caller removes what was staged.
+    newlines), which keeps one core of the engine busy, and a registration is a few round trips
+    to the catalog; a day's tables are independent, so running them together keeps every core
+    busy (Spark runs jobs from several threads of one session side by side). The first failure
+    is raised only after every operation has ended, so nothing is still writing when the caller
+    removes what was staged.
     """
-    with ThreadPoolExecutor(max_workers=max(1, len(writes)), thread_name_prefix="table-write") as pool:
-        futures = {table: pool.submit(write) for table, write in writes.items()}
+    with ThreadPoolExecutor(max_workers=max(1, len(operations)), thread_name_prefix="per-table") as pool:
+        futures = {table: pool.submit(operation) for table, operation in operations.items()}
     return {table: future.result() for table, future in futures.items()}

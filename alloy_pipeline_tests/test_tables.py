@@ -1,11 +1,11 @@
-"""Writing a day's tables together: every write has ended before a failure is raised."""
+"""Running a day's tables' operations together: every one has ended before a failure is raised."""
 
 import threading
 import time
 
 import pytest
 
-from alloy_pipeline.tables import write_together
+from alloy_pipeline.tables import run_together
 
 
 def test_writes_run_together_and_a_failure_waits_for_the_others() -> None:
@@ -22,6 +22,6 @@ def test_writes_run_together_and_a_failure_waits_for_the_others() -> None:
         return "written"
 
     with pytest.raises(ValueError, match="disk full"):
-        write_together({"main": failing, "joined": slow})
+        run_together({"main": failing, "joined": slow})
     assert finished.is_set(), "the other write had ended before the failure was raised"
-    assert write_together({"main": lambda: 1, "joined": lambda: 2}) == {"main": 1, "joined": 2}
+    assert run_together({"main": lambda: 1, "joined": lambda: 2}) == {"main": 1, "joined": 2}

@@ -31,7 +31,7 @@ from alloy_pipeline.lake import RAW, LakeResource, RawManifest, TableOutput, lan
 from alloy_pipeline.naming import raw_key, table_slug
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.query_settings import QuerySettings
-from alloy_pipeline.tables import read_table, write_together
+from alloy_pipeline.tables import read_table, run_together
 from alloy_pipeline.zone import Zone
 
 ALLOY_POOL = "alloy_api"
@@ -188,11 +188,11 @@ def convert_tables(
 ) -> dict[str, TableOutput]:
     """Land each CSV under `staging` as received, then write its parquet there; return what was staged.
 
-    The tables are converted together (`write_together`): a CSV whose cells may hold newlines is
+    The tables are converted together (`run_together`): a CSV whose cells may hold newlines is
     parsed by one task, so one table alone keeps one core busy. Each table's `path` is where the
     commit will put it: its folder of version `version`.
     """
-    return write_together(
+    return run_together(
         {
             table: partial(
                 _convert_table,

@@ -30,7 +30,7 @@ from alloy_pipeline.query_settings import QuerySettings
 from alloy_pipeline.snapshot_audit import WrittenKeys, audit_main_table, expected_keys, inspect_raw_keys, written_keys
 from alloy_pipeline.snapshot_merge import merge_tables, observe_rows
 from alloy_pipeline.snapshot_plan import CURRENT_INPUTS_CHECK, SnapshotError, SnapshotPlan, out_of_date, plan_snapshot
-from alloy_pipeline.tables import read_table, write_together
+from alloy_pipeline.tables import read_table, run_together
 
 SNAPSHOT_TAG = "alloy_pipeline/snapshot"
 """Op tag on every snapshot asset; the executor limits how many such steps of one run run at once."""
@@ -224,7 +224,7 @@ def _write_and_publish(
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="expected-keys") as pool:
             expecting = pool.submit(expected_keys, step.spark, plan)
-            write_together(
+            run_together(
                 {
                     table: partial(entry.frame.write.mode("overwrite").parquet, staging[table])
                     for table, entry in staged.items()
