@@ -54,7 +54,7 @@ def _test_engine(root: Path) -> EngineSettings:
 
 
 class SharedEngine:
-    """Under pytest-xdist (`make test` runs two workers): the workers share one engine, which the
+    """Under pytest-xdist (`make test` runs three workers): the workers share one engine, which the
     controller names and stops at the end. A second engine would cost its JVM's start and memory,
     and split the warm-up the suite relies on.
 
