@@ -96,16 +96,21 @@ def rebuild_snapshots(
     return results
 
 
-def _failure(result: dg.ExecuteInProcessResult) -> str:
-    """A failed run's errors, each with its causes: the snapshot step says which day stopped it and
-    which days are committed, its cause why."""
+def failure_messages(result: dg.ExecuteInProcessResult, step_key_part: str = "") -> list[str]:
+    """A failed run's step errors (of the steps whose key holds `step_key_part`), each followed by its
+    causes: the snapshot step says which day stopped it and which days are committed, its cause why."""
     messages = []
     for event in result.get_step_failure_events():
-        error = event.step_failure_data.error
-        while error is not None:
-            messages.append(error.message.strip())
-            error = error.cause
-    return "; caused by: ".join(messages) or "see the run's log"
+        if step_key_part in event.step_key:
+            error = event.step_failure_data.error
+            while error is not None:
+                messages.append(error.message.strip())
+                error = error.cause
+    return messages
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    return "; caused by: ".join(failure_messages(result)) or "see the run's log"
 
 
 def _queries(definitions: dg.Definitions) -> list[str]:

@@ -16,6 +16,7 @@ from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.alloy.simulator import AlloySimulator
 from alloy_pipeline.aqs import load_queries
 from alloy_pipeline.catalog import CatalogResource
+from alloy_pipeline.cli import failure_messages
 from alloy_pipeline.definitions import build_query_definitions
 from alloy_pipeline.lake import LakeResource, RawManifest, SnapshotManifest
 from alloy_pipeline.mapping import MappingResource
@@ -208,16 +209,9 @@ def rows_of(frame: DataFrame, drop: tuple[str, ...] = ()) -> list[tuple]:
 
 
 def failure_text(result: dg.ExecuteInProcessResult, step_key_part: str = "") -> str:
-    """Every failed step's error, causes included, as one text to search."""
-    texts = []
-    for event in result.get_step_failure_events():
-        if step_key_part not in event.step_key:
-            continue
-        error = event.step_failure_data.error
-        while error is not None:
-            texts.append(error.message)
-            error = error.cause
-    return "\n".join(texts)
+    """Every failed step's error, causes included, as one text to search (as `alloy-pipeline rebuild`
+    reports them)."""
+    return "\n".join(failure_messages(result, step_key_part))
 
 
 def wait_until(condition: Callable[[], bool], what: str, seconds: float, poll: float = 0.2) -> None:
