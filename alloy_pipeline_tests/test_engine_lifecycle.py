@@ -105,7 +105,7 @@ def test_stop_leaves_alone_a_process_that_is_not_the_engine(
         # Popen returns once the child's exec began; its command line is readable only once the
         # new program is loaded, which on a busy machine can be milliseconds later.
         wait_until(
-            lambda: getattr(engines._process(bystander.pid), "command", ""), "the decoy's command line", 10, 0.01
+            lambda: bool(getattr(engines._process(bystander.pid), "command", "")), "the decoy's command line", 10, 0.01
         )
         process = engines._process(bystander.pid)
         assert process is not None

@@ -37,6 +37,7 @@ from harness import (
     event_time,
     job_load,
     timed,
+    user_environment,
 )
 from synthetic import QUERY, Materializer, Workspace, plain_copies
 
@@ -157,23 +158,15 @@ class Command:
 
 def _snapshot_command(workspace: Workspace, day: str, alloy_url: str, remote: str) -> Command:
     """`dagster asset materialize` of the query's snapshot on `day`, as a user runs it: a new process
-    that loads the code location (the workspace's folders, through the environment) and runs the
-    one step in its own process (`build_executor`)."""
-    home = workspace.root / "command_home"
+    that loads the code location (the workspace's folders, through the environment a user sets)
+    and runs the one step in the command's own process (`build_executor`)."""
+    home = workspace.root / "dagster_home"
     home.mkdir(exist_ok=True)
-    lake, catalog = workspace.lake, workspace.catalog
-    environment = clean_environment(
-        SPARK_REMOTE=remote,
-        ALLOY_API_URL=alloy_url,
-        ALLOY_API_KEY=API_KEY,
-        ALLOY_AQS_DIR=str(workspace.root / "aqs"),
-        ALLOY_RAW_ZONE=lake.raw_zone,
-        ALLOY_REFINED_ZONE=lake.refined_zone,
-        ALLOY_MAPPING_LOCATION=str(workspace.mappings),
-        ALLOY_RAW_DATABASE=catalog.raw_database,
-        ALLOY_REFINED_DATABASE=catalog.refined_database,
-        DAGSTER_HOME=str(home),
-    )
+    environment = user_environment(workspace.root, alloy_url, remote, workspace.database) | {
+        "ALLOY_RAW_ZONE": workspace.lake.raw_zone,
+        "ALLOY_REFINED_ZONE": workspace.lake.refined_zone,
+        "ALLOY_MAPPING_LOCATION": str(workspace.mappings),
+    }
     command = [str(BIN / "dagster"), "asset", "materialize", "-m", "alloy_pipeline.definitions"]
     command += ["--select", snapshot_key(QUERY).to_user_string(), "--partition", day]
     window, completed = timed(

@@ -74,10 +74,15 @@ class Workspace:
         return self.root / "lake" / "mappings"
 
     @property
+    def database(self) -> str:
+        """The prefix of the workspace's own databases in the engine's catalog, named after its folder."""
+        return "bench_" + re.sub(r"\W", "_", self.root.name).lower()
+
+    @property
     def catalog(self) -> CatalogResource:
-        """The workspace's own databases in the engine's catalog, named after its folder."""
-        database = "bench_" + re.sub(r"\W", "_", self.root.name).lower()
-        return CatalogResource(backend="spark", raw_database=f"{database}_raw", refined_database=f"{database}_refined")
+        return CatalogResource(
+            backend="spark", raw_database=f"{self.database}_raw", refined_database=f"{self.database}_refined"
+        )
 
     def snapshot(self, day: str) -> SnapshotManifest:
         return next(manifest for manifest in self.lake.snapshot_manifests(QUERY) if manifest.day.isoformat() == day)
