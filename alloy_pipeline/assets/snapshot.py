@@ -214,9 +214,8 @@ def _write_and_publish(
 
     What the inputs say the main table must hold is counted while the tables are written (the
     main table's write is often one task, which leaves a core free), and what the main table
-    holds is counted by its write. A main table that repeats an
-    item id is never committed: its staging is removed, and the day's committed version, if any,
-    stays as it was.
+    holds is counted by its write. A main table that repeats an item id is never committed: its
+    staging is removed, and the day's committed version, if any, stays as it was.
     """
     day, zone = plan.day, step.lake.refined
     commit = step.publisher.begin(day, step.run_id)
