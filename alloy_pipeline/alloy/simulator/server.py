@@ -81,7 +81,8 @@ class Fault:
 
     - `status`: answer requests to `endpoint` with HTTP `status` (429 may carry `retry_after`
       and `rate_limit_reset` seconds, written as `wait_form` says: the seconds themselves, or the
-      moment they end as an HTTP date, epoch seconds or ISO 8601 in UTC), and `body` if given,
+      moment they end as an HTTP date, epoch seconds or ISO 8601 in UTC, never rounded later than
+      it is), and `body` if given,
       where `{authorization}` stands for the request's own header (a proxy that echoes what it received).
     - `disconnect`: close the connection to `endpoint` without any response.
     - `reply`: answer requests to `endpoint` with HTTP 200 and `body` as `content_type`, whatever
@@ -318,7 +319,7 @@ def _wait_header(seconds: float, form: WaitForm) -> str:
         return _seconds_header(seconds)
     ends = time.time() + seconds
     if form == "epoch":
-        return f"{ends:.3f}"
+        return f"{math.floor(ends * 1000) / 1000:.3f}"
     moment = datetime.fromtimestamp(ends, UTC)
     if form == "http_date":
         return email.utils.format_datetime(moment, usegmt=True)
