@@ -1,5 +1,6 @@
 """`alloy-pipeline`: the local Spark engine, the demo (the real pipeline against the local Alloy
-simulator), snapshot rebuilds, Spark SQL against the catalog, and which mapping file renames each table."""
+simulator), snapshot rebuilds, Spark SQL against the catalog, which mapping file renames each table, and
+the instance's limits of the snapshot pools."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from alloy_pipeline.lake import RAW, REFINED, LakeResource
 from alloy_pipeline.mapping import MappingError, MappingNames, MappingResource, unmatched_files
 from alloy_pipeline.naming import table_slug
 from alloy_pipeline.partitions import DAYS_TAG, LONDON, Day, ranged_run_tags
+from alloy_pipeline.pools import SNAPSHOT_POOL_LIMIT, limit_snapshot_pools, snapshot_pool
 from alloy_pipeline.spark import connected
 from alloy_pipeline.tables import read_table
 
@@ -334,6 +336,35 @@ def mappings() -> int:
     return 1 if failed else 0
 
 
+def pools() -> int:
+    """Give every query's snapshot pool its limit on the instance under DAGSTER_HOME
+    (docs/production.md, section 7), saying what each was: once per instance, and again when an
+    AQS file is added. Pools of queries since removed are left as they are."""
+    from alloy_pipeline.definitions import aqs_folder
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print(
+            "alloy-pipeline pools: DAGSTER_HOME is not set: the limits belong to the instance the daemon and the "
+            "webserver use",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        queries = [query.slug for query in load_queries(aqs_folder())]
+    except AqsError as error:
+        print(f"alloy-pipeline pools: {error}", file=sys.stderr)
+        return 2
+    with dg.DagsterInstance.get() as instance:
+        changed = limit_snapshot_pools(instance, queries)
+    for pool in map(snapshot_pool, queries):
+        if pool not in changed:
+            print(f"{pool}: {SNAPSHOT_POOL_LIMIT}, as it was")
+        else:
+            before = "none of its own" if changed[pool] is None else changed[pool]
+            print(f"{pool}: {SNAPSHOT_POOL_LIMIT}, was {before}")
+    return 0
+
+
 def engine_command(action: str, settings: EngineSettings) -> int:
     """`start` and `status` print only the SPARK_REMOTE value on stdout, so scripts can capture it:
     it carries the engine's token, so it goes nowhere else (stderr names the token's file)."""
@@ -435,6 +466,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "mappings", help="list each table with the mapping file that renames it, and files that rename nothing"
     )
+    commands.add_parser(
+        "pools",
+        help="limit each query's snapshot pool to one step at a time on the instance under DAGSTER_HOME",
+    )
     args = parser.parse_args(argv)
     if args.command == "engine":
         settings = EngineSettings.under(
@@ -464,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sql(args.query, args.data.resolve())
     if args.command == "mappings":
         return mappings()
+    if args.command == "pools":
+        return pools()
     return rebuild(args.first, args.last)
 
 

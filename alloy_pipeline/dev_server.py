@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import dagster as dg
+
 from alloy_pipeline import engine
 from alloy_pipeline.aqs import load_queries
 from alloy_pipeline.demo_instance import (
@@ -21,6 +23,7 @@ from alloy_pipeline.demo_instance import (
     project_root,
 )
 from alloy_pipeline.engine import EngineSettings
+from alloy_pipeline.pools import limit_snapshot_pools
 
 DEV_STOP_SECONDS = 10.0
 """How long `dev` lets `dagster dev` shut down in order before it kills what is left of it."""
@@ -31,7 +34,9 @@ def dev(data: Path, port: int, simulator_port: int, engine_port: int, master: st
     `dev_environment`), against its engine and the simulator, until Ctrl-C or SIGTERM.
 
     The engine is the data folder's, started on `master` if it is not running (`EngineSettings.master`:
-    a cluster's `spark://host:port` makes it that cluster's driver).
+    a cluster's `spark://host:port` makes it that cluster's driver). The instance's snapshot pools
+    get their limit of one step (`alloy-pipeline pools`), so a backfill and a day's run started
+    from the UI build a query's snapshots one at a time, as in production.
 
     The engine runs in a session of its own (`engine.start`), so it outlives this. The simulator is
     served from this process. `dagster dev` runs in a session of its own too, and this process
@@ -49,8 +54,10 @@ def dev(data: Path, port: int, simulator_port: int, engine_port: int, master: st
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(instance_config(), home / "dagster.yaml")
-    aqs_dir = Path(environment["ALLOY_AQS_DIR"])
-    dataset = dataset_for_queries((query.request.to_body() for query in load_queries(aqs_dir)), demo_dataset())
+    queries = load_queries(Path(environment["ALLOY_AQS_DIR"]))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        limit_snapshot_pools(instance, [query.slug for query in queries])
+    dataset = dataset_for_queries((query.request.to_body() for query in queries), demo_dataset())
     settings = EngineSettings.under(data, port=engine_port, master=master)
     state, _ = engine.start(settings)
     # A plain list, not a threading.Event: a second signal (make forwards its SIGTERM to this

@@ -1,16 +1,19 @@
-"""`alloy-pipeline rebuild` and `engine status` as a script calls them: arguments in, exit status, output
+"""`alloy-pipeline rebuild`, `pools` and `engine status` as a script calls them: arguments in, exit status, output
 and the runs launched out."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from alloy_pipeline import cli
+from alloy_pipeline.demo_instance import instance_config
 from alloy_pipeline.engine import EngineSettings
+from alloy_pipeline.pools import ALLOY_POOL, snapshot_pool
 from alloy_pipeline_tests.harness import REPO, Pipeline
 
 QUERY = "gully_inspections"
@@ -123,3 +126,43 @@ def test_engine_status_exits_1_when_no_engine_runs_from_the_folder(
     assert cli.main(["engine", "status", "--data", str(tmp_path)]) == 1
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err == f"no Spark engine is running from {tmp_path.resolve() / 'engine'}\n"
+
+
+def test_pools_limits_every_querys_snapshot_pool_to_one_and_says_what_each_was(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the project's instance configuration, whose `default_limit` (4, for `alloy_api`) would
+    otherwise let four steps build one query's snapshots at once. A limit set by hand is corrected,
+    a second call changes nothing, and a pool of no query is left alone."""
+    monkeypatch.setenv("ALLOY_AQS_DIR", str(REPO / "aqs_queries"))
+    home = dagster_home(monkeypatch, tmp_path)
+    shutil.copyfile(instance_config(), home / "dagster.yaml")
+    pools = [snapshot_pool(query) for query in ("dw_container_job", "graffiti_reports", "gully_inspections")]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert {info.limit for info in instance.event_log_storage.get_concurrency_infos(pools).values()} == {4}
+        instance.event_log_storage.set_concurrency_slots(pools[1], 3)
+        instance.event_log_storage.set_concurrency_slots("alloy_snapshot_retired_query", 2)
+
+    assert cli.main(["pools"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{pools[0]}: 1, was none of its own",
+        f"{pools[1]}: 1, was 3",
+        f"{pools[2]}: 1, was none of its own",
+    ]
+    assert cli.main(["pools"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{pool}: 1, as it was" for pool in pools]
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        infos = instance.event_log_storage.get_concurrency_infos([*pools, "alloy_snapshot_retired_query", ALLOY_POOL])
+    assert [(infos[pool].limit, infos[pool].using_default_limit) for pool in pools] == [(1, False)] * 3
+    assert infos["alloy_snapshot_retired_query"].limit == 2
+    assert (infos[ALLOY_POOL].limit, infos[ALLOY_POOL].using_default_limit) == (4, True)
+
+
+def test_pools_without_dagster_home_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A throwaway instance would take the limits and forget them."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("ALLOY_AQS_DIR", str(REPO / "aqs_queries"))
+    assert cli.main(["pools"]) == 2
+    assert capsys.readouterr().err.startswith("alloy-pipeline pools: DAGSTER_HOME is not set")

@@ -20,6 +20,7 @@ import pytest
 from alloy_pipeline.definitions import build_definitions
 from alloy_pipeline.demo_instance import DEMO_RECORD, INSTANCE_FOLDER, DemoRecord, dev_environment, project_root
 from alloy_pipeline.engine import free_port
+from alloy_pipeline.pools import snapshot_pool
 from alloy_pipeline_tests.harness import wait_until
 
 pytestmark = [
@@ -178,6 +179,7 @@ def answers(url: str) -> bool:
 def test_sigterm_to_make_devs_process_group_stops_dagster_dev_within_seconds_and_leaves_the_engine(
     tmp_path: Path, data: Path, user_environment: dict[str, str]
 ) -> None:
+    """While it serves, its instance keeps one snapshot step a query (`alloy-pipeline pools`)."""
     ports = {"DAGSTER_PORT": free_port(), "SIMULATOR_PORT": free_port(), "ENGINE_PORT": free_port()}
     log = tmp_path / "make-dev.log"
     with log.open("w") as output:
@@ -205,6 +207,10 @@ def test_sigterm_to_make_devs_process_group_stops_dagster_dev_within_seconds_and
         dagster_dev = next(pid for pid, (_, command) in processes.items() if " dagster dev " in f"{command} ")
         environment = Path(f"/proc/{dagster_dev}/environ").read_bytes().split(b"\0")
         assert f"DAGSTER_HOME={data / INSTANCE_FOLDER}".encode() in environment
+        pools = [snapshot_pool(query) for query in ("dw_container_job", "graffiti_reports", "gully_inspections")]
+        with dg.DagsterInstance.from_config(str(data / INSTANCE_FOLDER)) as instance:
+            limits = instance.event_log_storage.get_concurrency_infos(pools)
+        assert {pool: limits[pool].limit for pool in pools} == dict.fromkeys(pools, 1), "one snapshot step a query"
 
         os.killpg(make.pid, signal.SIGTERM)
         wait_until(lambda: not still_running(processes), f"make dev's processes end: {still_running(processes)}", 15)

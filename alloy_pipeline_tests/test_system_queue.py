@@ -21,12 +21,12 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from alloy_pipeline.alloy.simulator import Fault
-from alloy_pipeline.assets.snapshot import snapshot_pool
 from alloy_pipeline.demo_instance import instance_config
 from alloy_pipeline.engine import EngineSettings, free_port
 from alloy_pipeline.lake import REFINED, LakeResource
 from alloy_pipeline.naming import raw_key, snapshot_key
 from alloy_pipeline.partitions import Day, ranged_run_tags
+from alloy_pipeline.pools import limit_snapshot_pools
 from alloy_pipeline_tests.harness import API_KEY, Pipeline, wait_until
 
 pytestmark = pytest.mark.system
@@ -169,7 +169,7 @@ def test_a_second_run_of_a_day_and_a_day_inside_a_ranged_run_wait_for_the_first(
     port = free_port()
     released = threading.Event()
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        instance.event_log_storage.set_concurrency_slots(snapshot_pool(QUERY), 1)  # `dagster instance concurrency set`
+        limit_snapshot_pools(instance, [QUERY])  # `alloy-pipeline pools`
         environment = code_location_environment(pipeline, engine, home)
         with dagster_dev(environment, port, tmp_path / "dagster-dev.log") as dev:
             queue = Queue(DagsterGraphQLClient("127.0.0.1", port_number=port, timeout=30), instance, dev)

@@ -30,13 +30,11 @@ from alloy_pipeline.frames import conform_csv
 from alloy_pipeline.lake import RAW, LakeResource, RawManifest, TableOutput, landing_dir
 from alloy_pipeline.naming import raw_key, table_slug
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.pools import ALLOY_POOL
 from alloy_pipeline.query_settings import QuerySettings
 from alloy_pipeline.tables import read_table, run_together
 from alloy_pipeline.zone import Zone
 
-ALLOY_POOL = "alloy_api"
-"""Dagster concurrency pool for exports: bounds exports in flight across runs (set its limit
-with `dagster instance concurrency set alloy_api 4`)."""
 EXPORT_TAG = "alloy_pipeline/export"
 """Op tag on every raw asset; the executor limits how many such steps of one run run at once."""
 ROW_COUNT_CHECK = "row_count_matches_alloy"

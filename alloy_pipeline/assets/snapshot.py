@@ -26,6 +26,7 @@ from alloy_pipeline.lake import REFINED, LakeResource, SnapshotManifest, Snapsho
 from alloy_pipeline.mapping import MappingNames, MappingResource, stale_files
 from alloy_pipeline.naming import raw_key, snapshot_key, table_slug
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.pools import snapshot_pool
 from alloy_pipeline.query_settings import QuerySettings
 from alloy_pipeline.snapshot_audit import WrittenKeys, audit_main_table, expected_keys, inspect_raw_keys, written_keys
 from alloy_pipeline.snapshot_merge import merge_tables, observe_rows
@@ -34,17 +35,6 @@ from alloy_pipeline.tables import read_table, run_together
 
 SNAPSHOT_TAG = "alloy_pipeline/snapshot"
 """Op tag on every snapshot asset; the executor limits how many such steps of one run run at once."""
-
-
-def snapshot_pool(query: str) -> str:
-    """The Dagster concurrency pool of `query`'s snapshot asset, one per query.
-
-    With its limit set to 1 (docs/production.md, section 7), one step at a time builds the query's
-    snapshots, whichever runs the steps are in: a ranged backfill or cascade run and a single-day run
-    of a day inside its range as well, which run tag limits cannot keep apart, since a ranged run
-    carries no `dagster/partition` tag.
-    """
-    return f"alloy_snapshot_{query}"
 
 
 def _unique_check(keys: WrittenKeys) -> dg.AssetCheckResult:
