@@ -1,4 +1,5 @@
-"""The partition calendar: one partition per London day, and its Hive-style path segments."""
+"""The partition calendar: one partition per London day, the hour its schedules run, and its Hive-style
+path segments."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import dagster as dg
 
 LONDON = "Europe/London"
 """Alloy's councils work in London time: a day's partition is a London day, and schedules run on it."""
+DAILY_RUN_AT = dt.time(3, 0)
+"""When the schedules run, London time, for the day just ended (`schedules.py`)."""
 DAYS_TAG = "alloy_pipeline/days"
 """On a ranged run: its days, where the runs list shows it (Dagster's own range tags it keeps out of sight)."""
 

@@ -16,11 +16,9 @@ import dagster as dg
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from alloy_pipeline.aqs import AqsQuery
-from alloy_pipeline.partitions import LONDON
+from alloy_pipeline.partitions import DAILY_RUN_AT, LONDON
 
 SETTINGS_FILE = "pipeline.toml"
-DAILY_RUN_AT = dt.time(3, 0)
-"""When the schedules run, London time, for the day just ended (`schedules.py`)."""
 
 
 class SettingsError(ValueError):

@@ -9,8 +9,7 @@ import dagster as dg
 
 from alloy_pipeline.assets.raw import RawExtractConfig
 from alloy_pipeline.naming import raw_key
-from alloy_pipeline.partitions import LONDON
-from alloy_pipeline.query_settings import DAILY_RUN_AT
+from alloy_pipeline.partitions import DAILY_RUN_AT, LONDON
 
 ALLOY_ASSETS = dg.AssetSelection.groups("alloy_raw", "alloy_snapshot")
 
