@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Literal
+from typing import ClassVar, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -28,6 +28,7 @@ from alloy_pipeline.glue_catalog import GlueResource, register_in_glue, registra
 from alloy_pipeline.lake import RAW, REFINED, Layer, TableOutput
 from alloy_pipeline.partitions import Day
 from alloy_pipeline.registration import Registration
+from alloy_pipeline.resource_environment import held_environment
 from alloy_pipeline.spark_catalog import KnownTable, register_in_session
 from alloy_pipeline.tables import run_together
 
@@ -56,6 +57,16 @@ class CatalogResource(dg.ConfigurableResource):
 
     _known: dict[str, KnownTable] = PrivateAttr(default_factory=dict)
     """The tables this step registered in, by name: later days skip the lookups."""
+
+    ENVIRONMENT: ClassVar[dict[str, str]] = {
+        "backend": "ALLOY_CATALOG",
+        "raw_database": "ALLOY_RAW_DATABASE",
+        "refined_database": "ALLOY_REFINED_DATABASE",
+    }
+    """The fields the code location sets from the environment (README, "Configuration")."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        held_environment(self, self.ENVIRONMENT)
 
     def register(self, spark: SparkSession, registrations: Sequence[Registration]) -> None:
         """Register partitions, a table each at once (`run_together`: each is a few round trips to

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -26,13 +26,13 @@ DEFAULT_MAX_CONCURRENT_EXPORTS = "4"
 DEFAULT_SNAPSHOT_DAYS_PER_RUN = "31"
 
 
-def _set_in_environment(**fields: str) -> dict[str, dg.EnvVar]:
+def _set_in_environment(fields: Mapping[str, str]) -> dict[str, dg.EnvVar]:
     """`field: EnvVar(variable)` for each variable the environment sets: Dagster resolves it per run and
     shows it by name. A field whose variable is unset keeps the default of its `Field`."""
     return {field: dg.EnvVar(variable) for field, variable in fields.items() if variable in os.environ}
 
 
-def _read_from_environment(**fields: str) -> dict[str, str]:
+def _read_from_environment(fields: Mapping[str, str]) -> dict[str, str]:
     """`field: value` for each variable the environment sets, read now: for settings the code
     location reads itself (the CLI names the catalog's databases), which an `EnvVar` would not be
     yet. A field whose variable is unset keeps the default of its `Field`."""
@@ -134,24 +134,20 @@ def build_executor(max_exports: int) -> dg.ExecutorDefinition:
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources from the environment (the README's "Configuration"), each with a local default."""
-    lake = LakeResource(**_set_in_environment(raw_zone="ALLOY_RAW_ZONE", refined_zone="ALLOY_REFINED_ZONE"))
+    lake = LakeResource(**_set_in_environment(LakeResource.ENVIRONMENT))
     raw_zone = os.environ.get("ALLOY_RAW_ZONE") or lake.raw_zone
-    mappings = _set_in_environment(location="ALLOY_MAPPING_LOCATION") or {
+    mappings = _set_in_environment({"location": "ALLOY_MAPPING_LOCATION"}) or {
         "location": f"{raw_zone.rstrip('/')}/{ALLOY_PREFIX}/mapping-files/"
     }
     return {
         "alloy": AlloyResource(
-            **_set_in_environment(base_url="ALLOY_API_URL", api_key_secret_id="ALLOY_API_KEY_SECRET_ID"),
+            **_set_in_environment({"base_url": "ALLOY_API_URL", "api_key_secret_id": "ALLOY_API_KEY_SECRET_ID"}),
             api_key=None if "ALLOY_API_KEY_SECRET_ID" in os.environ else dg.EnvVar("ALLOY_API_KEY"),
         ),
         "lake": lake,
-        "catalog": CatalogResource(
-            **_read_from_environment(
-                backend="ALLOY_CATALOG", raw_database="ALLOY_RAW_DATABASE", refined_database="ALLOY_REFINED_DATABASE"
-            )
-        ),
+        "catalog": CatalogResource(**_read_from_environment(CatalogResource.ENVIRONMENT)),
         "mappings": MappingResource(**mappings),
-        "pyspark": SparkResource(**_set_in_environment(remote="SPARK_REMOTE")),
+        "pyspark": SparkResource(**_set_in_environment(SparkResource.ENVIRONMENT)),
     }
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Literal, TypeVar
+from typing import ClassVar, Literal, TypeVar
 
 import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alloy_pipeline.columns import RenamedHeader
 from alloy_pipeline.lineage import Lineage
 from alloy_pipeline.partitions import Day
+from alloy_pipeline.resource_environment import held_environment
 from alloy_pipeline.zone import Zone
 
 ALLOY_PREFIX = "env-services/alloy"
@@ -173,6 +174,12 @@ class LakeResource(dg.ConfigurableResource):
         description="Age after which a run clears what a failed commit of the same query left behind "
         "(its staging, and the version it wrote or replaced). Longer than any commit takes.",
     )
+
+    ENVIRONMENT: ClassVar[dict[str, str]] = {"raw_zone": "ALLOY_RAW_ZONE", "refined_zone": "ALLOY_REFINED_ZONE"}
+    """The fields the code location sets from the environment (README, "Configuration")."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        held_environment(self, self.ENVIRONMENT)
 
     @cached_property
     def raw(self) -> Zone:

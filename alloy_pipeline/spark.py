@@ -6,7 +6,7 @@ import atexit
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 
 import dagster as dg
@@ -19,6 +19,7 @@ from pyspark.sql.connect.client import DefaultChannelBuilder
 from pyspark.sql.connect.client.retries import DefaultPolicy, RetryPolicyState
 
 from alloy_pipeline.loopback import is_loopback
+from alloy_pipeline.resource_environment import held_environment
 
 SESSION_SETTINGS: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
@@ -225,11 +226,15 @@ class SparkResource(PySparkResource):
         default=LOCAL_SPARK_CONFIG, description="Settings of local Spark, used when `remote` is unset."
     )
 
+    ENVIRONMENT: ClassVar[dict[str, str]] = {"remote": "SPARK_REMOTE"}
+    """The field the code location sets from the environment (README, "Configuration")."""
+
     @classmethod
     def _is_dagster_maintained(cls) -> bool:
         return False
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        held_environment(self, self.ENVIRONMENT)
         if not self.remote:
             super().setup_for_execution(context)
             return
