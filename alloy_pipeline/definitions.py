@@ -141,7 +141,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
     return {
         "alloy": AlloyResource(
-            **_set_in_environment({"base_url": "ALLOY_API_URL", "api_key_secret_id": "ALLOY_API_KEY_SECRET_ID"}),
+            **_set_in_environment(AlloyResource.ENVIRONMENT),
             api_key=None if "ALLOY_API_KEY_SECRET_ID" in os.environ else dg.EnvVar("ALLOY_API_KEY"),
         ),
         "lake": lake,

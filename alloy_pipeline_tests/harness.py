@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -101,8 +102,10 @@ class Pipeline:
         }
 
     def session_catalog(self) -> CatalogResource:
-        """Registration in the test engine's catalog, under databases of this test's own."""
-        suffix = self.root.name.lower().replace("-", "_")[-40:]
+        """Registration in the test engine's catalog, under databases of this test's own. Workers share
+        the engine, and each names its folders alike (a module's `cascade0`), so the worker is named too."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        suffix = f"{worker}_{self.root.name}".lower().replace("-", "_")[-40:]
         return CatalogResource(backend="spark", raw_database=f"raw_{suffix}", refined_database=f"refined_{suffix}")
 
     def assets(self) -> list[dg.AssetsDefinition]:

@@ -10,6 +10,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from alloy_pipeline.alloy.client import AlloyResource
 from alloy_pipeline.catalog import CatalogResource
 from alloy_pipeline.definitions import build_resources
 from alloy_pipeline.lake import LakeResource
@@ -50,7 +51,9 @@ def materialised(asset: dg.AssetsDefinition, run_config: dict[str, Any]) -> dg.E
 
 
 def failure(result: dg.ExecuteInProcessResult) -> str:
-    [event] = [event for event in result.all_events if event.is_failure]
+    """What the step failed with: its resources' setup, or its own code."""
+    kinds = {dg.DagsterEventType.RESOURCE_INIT_FAILURE, dg.DagsterEventType.STEP_FAILURE}
+    [event] = [event for event in result.all_events if event.event_type in kinds]
     return str(event.event_specific_data)
 
 
@@ -96,3 +99,31 @@ def test_run_config_for_spark_alone_stops_before_starting_local_spark_and_never_
     message = failure(result)
     assert "SparkResource: remote (SPARK_REMOTE) hold" in message
     assert ENGINE_URL not in message and "never-shown" not in message
+
+
+@dg.asset
+def exports(alloy: AlloyResource) -> None:
+    raise AssertionError("never reached")
+
+
+def test_run_config_for_alloy_alone_names_the_url_and_the_key_it_lost_without_showing_them(
+    environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the base_url refusal ("not the Alloy API URL configured"), nor "no Alloy API key
+    configured", which would send the user looking in the environment, where both are set."""
+    monkeypatch.setenv("ALLOY_API_URL", "http://127.0.0.1:9/")
+    result = materialised(exports, {"resources": {"alloy": {"config": {"poll_max_seconds": 5}}}})
+    assert not result.success
+    message = failure(result)
+    assert "AlloyResource: base_url (ALLOY_API_URL), api_key (ALLOY_API_KEY) hold their defaults" in message
+    assert "test-key" not in message and "127.0.0.1:9" not in message
+
+
+def test_a_key_from_secrets_manager_is_not_taken_for_a_lost_api_key(
+    environment: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ALLOY_API_KEY_SECRET_ID set the code location leaves `api_key` unset on purpose."""
+    monkeypatch.setenv("ALLOY_API_KEY_SECRET_ID", "council/alloy")
+    config = {"api_key_secret_id": {"env": "ALLOY_API_KEY_SECRET_ID"}, "poll_max_seconds": 5}
+    result = materialised(exports, {"resources": {"alloy": {"config": config}}})
+    assert "never reached" in failure(result), "the resource was set up: the asset ran"

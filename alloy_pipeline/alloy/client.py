@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import dagster as dg
@@ -36,6 +36,7 @@ from alloy_pipeline.alloy.archive import ArchiveError, extract_csvs
 from alloy_pipeline.alloy.transport import RETRYABLE_ERRORS, RETRYABLE_STATUS, RetryingTransport
 from alloy_pipeline.aqs import ExportRequest
 from alloy_pipeline.loopback import is_loopback
+from alloy_pipeline.resource_environment import held_environment
 
 IN_PROGRESS_STATUSES = frozenset({"Queued", "Running"})
 FAILED_STATUSES = frozenset({"Failed", "Deleted", "Cancelled"})
@@ -573,6 +574,17 @@ class AlloyResource(dg.ConfigurableResource):
             "stops once it passes this plus 1 % and 1 MiB, the most such a zip can be."
         ),
     )
+
+    ENVIRONMENT: ClassVar[dict[str, str]] = {
+        "base_url": API_URL_VARIABLE,
+        "api_key_secret_id": "ALLOY_API_KEY_SECRET_ID",
+    }
+    """The fields the code location sets from the environment (README, "Configuration"), besides
+    `api_key`, which it sets from ALLOY_API_KEY only when no secret id is set."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        from_key = {} if "ALLOY_API_KEY_SECRET_ID" in os.environ else {"api_key": "ALLOY_API_KEY"}
+        held_environment(self, self.ENVIRONMENT | from_key)
 
     def _key(self) -> str:
         if self.api_key and self.api_key.strip():
