@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from alloy_pipeline.alloy.client import AlloyResource
+from alloy_pipeline.alloy.client import KEY_VARIABLE, AlloyResource
 from alloy_pipeline.aqs import AqsQuery, load_queries
 from alloy_pipeline.assets.raw import EXPORT_TAG, build_raw_asset
 from alloy_pipeline.assets.snapshot import SNAPSHOT_TAG, build_snapshot_asset
@@ -142,7 +142,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "alloy": AlloyResource(
             **_set_in_environment(AlloyResource.ENVIRONMENT),
-            api_key=None if "ALLOY_API_KEY_SECRET_ID" in os.environ else dg.EnvVar("ALLOY_API_KEY"),
+            api_key=dg.EnvVar(KEY_VARIABLE) if AlloyResource.key_from_environment() else None,
         ),
         "lake": lake,
         "catalog": CatalogResource(**_read_from_environment(CatalogResource.ENVIRONMENT)),

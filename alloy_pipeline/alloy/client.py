@@ -50,6 +50,8 @@ DOWNLOAD_SLACK_BYTES = 1 << 20
 1 MiB covers `archive.MAX_MEMBERS` members with names of 400 characters."""
 ARCHIVE_NAME = "export.zip"
 API_URL_VARIABLE = "ALLOY_API_URL"
+KEY_VARIABLE = "ALLOY_API_KEY"
+SECRET_ID_VARIABLE = "ALLOY_API_KEY_SECRET_ID"
 DEFAULT_API_URL = "https://api.uk.alloyapp.io"
 CSV_FOLDER = "csv"
 _HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]+")
@@ -575,16 +577,17 @@ class AlloyResource(dg.ConfigurableResource):
         ),
     )
 
-    ENVIRONMENT: ClassVar[dict[str, str]] = {
-        "base_url": API_URL_VARIABLE,
-        "api_key_secret_id": "ALLOY_API_KEY_SECRET_ID",
-    }
+    ENVIRONMENT: ClassVar[dict[str, str]] = {"base_url": API_URL_VARIABLE, "api_key_secret_id": SECRET_ID_VARIABLE}
     """The fields the code location sets from the environment (README, "Configuration"), besides
-    `api_key`, which it sets from ALLOY_API_KEY only when no secret id is set."""
+    `api_key` (`key_from_environment`)."""
+
+    @staticmethod
+    def key_from_environment() -> bool:
+        """Whether the code location sets `api_key` from ALLOY_API_KEY: only when no secret id is set."""
+        return SECRET_ID_VARIABLE not in os.environ
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        from_key = {} if "ALLOY_API_KEY_SECRET_ID" in os.environ else {"api_key": "ALLOY_API_KEY"}
-        held_environment(self, self.ENVIRONMENT | from_key)
+        held_environment(self, self.ENVIRONMENT | ({"api_key": KEY_VARIABLE} if self.key_from_environment() else {}))
 
     def _key(self) -> str:
         if self.api_key and self.api_key.strip():
